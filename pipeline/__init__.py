@@ -1,0 +1,1 @@
+"""Shared ground of the pipeline's stages: configuration, logging and command-line plumbing."""

@@ -1,0 +1,3 @@
+from pipeline.cli import main_config, run
+
+run(main_config)
