@@ -1,0 +1,158 @@
+"""The one fixture layer for every test that needs services.
+
+`PIPELINE_TEST_STACK` chooses where the services come from:
+- `native` (default): the native stack on loopback (infra/native/stack.sh), started if it isn't running
+  and reused if it is. It is left running after the tests, so the next run starts at once.
+- `compose`: the compose stack through testcontainers, when a Docker engine is available.
+- `external`: a stack someone already started; the tests only check that it answers.
+
+A test that needs a service and finds none fails; it never skips.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+
+from pipeline.config import PipelineConfig, load
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_PATH = ROOT / "config" / "pipeline.yaml"
+STACK_MODE = os.environ.get("PIPELINE_TEST_STACK", "native")
+
+
+def _load_dotenv() -> None:
+    """`make test` exports .env; a bare `pytest` gets the same passwords from the file."""
+    env_file = ROOT / ".env"
+    if not env_file.exists():
+        return
+    for line in env_file.read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith("#"):
+            os.environ.setdefault(name.strip(), value.strip())
+
+
+_load_dotenv()
+
+
+def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _run(cmd: list[str], what: str, timeout: float) -> None:
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+        pytest.fail(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}", pytrace=False)
+
+
+class _Stack:
+    """Brings services up once per session, whatever the mode."""
+
+    def __init__(self) -> None:
+        self.started: set[str] = set()
+        self._compose: Any = None
+
+    def ensure(self, *services: str) -> None:
+        wanted = [s for s in services if s not in self.started]
+        if not wanted:
+            return
+        if STACK_MODE == "native":
+            _run(["bash", "infra/native/stack.sh", "up", *wanted], f"starting {', '.join(wanted)}", 900)
+        elif STACK_MODE == "compose":
+            self._ensure_compose()
+        elif STACK_MODE != "external":
+            pytest.fail(f"PIPELINE_TEST_STACK={STACK_MODE!r}: expected native, compose or external")
+        self.started.update(wanted)
+
+    def _ensure_compose(self) -> None:
+        if self._compose is not None:
+            return
+        from testcontainers.compose import DockerCompose
+
+        self._compose = DockerCompose(str(ROOT), compose_file_name="infra/docker-compose.yml", wait=True)
+        self._compose.start()
+
+    def stop(self) -> None:
+        if self._compose is not None:
+            self._compose.stop()
+
+
+_STACK = _Stack()
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[_Stack]:
+    yield _STACK
+    _STACK.stop()
+
+
+@pytest.fixture(scope="session")
+def pipeline_config() -> PipelineConfig:
+    """The project's own config/pipeline.yaml, with the environment's overrides."""
+    return load(CONFIG_PATH)
+
+
+def _wait_for_port(host: str, port: int, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not _port_open(host, port):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} is not answering on {host}:{port} (PIPELINE_TEST_STACK={STACK_MODE})")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def postgres(services: _Stack, pipeline_config: PipelineConfig) -> PipelineConfig:
+    """PostgreSQL up, with infra/init-db.sql applied; returns the config pointing at it."""
+    services.ensure("postgres")
+    _wait_for_port(pipeline_config.postgres.host, pipeline_config.postgres.port, "PostgreSQL")
+    return pipeline_config
+
+
+@pytest.fixture(scope="session")
+def stack(services: _Stack, pipeline_config: PipelineConfig) -> PipelineConfig:
+    """The whole stack up: PostgreSQL, Kafka, Connect with the connector RUNNING, Cassandra with the schema."""
+    services.ensure("postgres", "kafka", "connect", "cassandra")
+    if STACK_MODE == "native":
+        _run(
+            [str(ROOT / ".venv/bin/python"), "-m", "pipeline.connector", "--config", str(CONFIG_PATH),
+             "register"],
+            "registering the Debezium connector",
+            300,
+        )
+    return pipeline_config
+
+
+def admin_dsn(config: PipelineConfig) -> dict[str, Any]:
+    """Superuser connection parameters (the compose image's and the native stack's `postgres` role)."""
+    return {
+        "host": config.postgres.host,
+        "port": config.postgres.port,
+        "dbname": config.postgres.dbname,
+        "user": "postgres",
+        "password": os.environ.get("POSTGRES_PASSWORD", ""),
+        "connect_timeout": 10,
+    }
+
+
+@pytest.fixture
+def pg_admin(postgres: PipelineConfig) -> Iterator[Any]:
+    """A superuser connection in autocommit mode, closed after the test."""
+    conn = psycopg2.connect(**admin_dsn(postgres))
+    conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        conn.close()
