@@ -17,9 +17,10 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from pipeline.schema import ConfigError, Secret, build, setting, to_plain
+from pipeline.schema import ConfigError, Secret, build, join_path, setting, to_plain
 
 __all__ = [
+    "DEFAULT_CONFIG_PATH",
     "BinanceConfig",
     "CassandraConfig",
     "ConfigError",
@@ -31,7 +32,6 @@ __all__ = [
     "PostgresConfig",
     "ProducerConfig",
     "Secret",
-    "DEFAULT_CONFIG_PATH",
     "load",
     "to_plain",
 ]
@@ -121,7 +121,7 @@ class PostgresConfig:
     port: int = setting(5432, min=1, max=65535)
     dbname: str = setting("binance", pattern=r"[^\s]+")
     user: str = setting("producer", pattern=r"[^\s]+")
-    password: Secret = Secret("")
+    password: Secret = Secret("")  # noqa: RUF009 - Secret is immutable
     connect_timeout_seconds: int = setting(10, min=1, max=600)
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
 
@@ -144,7 +144,7 @@ class DebeziumConfig:
     slot_name: str = setting("debezium_binance", pattern=IDENT)
     publication_name: str = setting("debezium_binance", pattern=IDENT)
     user: str = setting("debezium", pattern=r"[^\s]+")
-    password: Secret = Secret("")
+    password: Secret = Secret("")  # noqa: RUF009 - Secret is immutable
     # The host Connect itself uses to reach PostgreSQL: inside compose that is "postgres", not localhost.
     database_host: str | None = None
     database_port: int | None = setting(None, min=1, max=65535)
@@ -225,7 +225,9 @@ class PipelineConfig:
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def load(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, environ: Mapping[str, str] | None = None) -> PipelineConfig:
+def load(
+    path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, environ: Mapping[str, str] | None = None
+) -> PipelineConfig:
     """Read, interpolate, override and validate the config; raise ConfigError naming every bad path."""
     env = os.environ if environ is None else environ
     path = Path(path)
@@ -257,7 +259,7 @@ def load(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, environ: Mapping[st
 
 def _interpolate(value: Any, path: str, env: Mapping[str, str], problems: list[str]) -> Any:
     if isinstance(value, dict):
-        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), env, problems) for k, v in value.items()}
+        return {k: _interpolate(v, join_path(path, str(k)), env, problems) for k, v in value.items()}
     if isinstance(value, list):
         return [_interpolate(v, f"{path}[{i}]", env, problems) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:

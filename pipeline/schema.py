@@ -205,10 +205,10 @@ class _Builder:
         for key in value:
             if key not in fields:
                 known = ", ".join(sorted(fields))
-                self.fail(_join(path, str(key)), f"unknown key (known keys: {known})")
+                self.fail(join_path(path, str(key)), f"unknown key (known keys: {known})")
         kwargs = {}
         for name, field in fields.items():
-            sub = _join(path, name)
+            sub = join_path(path, name)
             if name in value:
                 built = self.build(hints[name], value[name], sub, field.metadata)
             elif _has_default(field):
@@ -234,7 +234,7 @@ def _defaulted(fields: Mapping[str, dataclasses.Field[Any]], value: Mapping[str,
     return sum(1 for n, f in fields.items() if n not in value and _has_default(f))
 
 
-def _join(path: str, key: str) -> str:
+def join_path(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 

@@ -123,7 +123,7 @@ def postgres(services: _Stack, pipeline_config: PipelineConfig) -> PipelineConfi
 
 @pytest.fixture(scope="session")
 def stack(services: _Stack, pipeline_config: PipelineConfig) -> PipelineConfig:
-    """The whole stack up: PostgreSQL, Kafka, Connect with the connector RUNNING, Cassandra with the schema."""
+    """The whole stack: PostgreSQL, Kafka, Connect with the connector RUNNING, Cassandra with its schema."""
     services.ensure("postgres", "kafka", "connect", "cassandra")
     if STACK_MODE == "native":
         _run(

@@ -3,6 +3,7 @@
 
     probe.py kafka [HOST:PORT]   exit 0 once the broker lists itself in a Metadata answer
     probe.py cql   [HOST:PORT]   exit 0 once a CQL session opens and answers a query
+    probe.py connect [HOST:PORT] exit 0 once Connect's REST API lists the Debezium PostgreSQL plugin
 
 A bare TCP connect is not enough: both servers accept connections before
 they can serve requests.
@@ -10,6 +11,7 @@ they can serve requests.
 import socket
 import struct
 import sys
+import urllib.request
 
 
 def _recv_exact(sock, n):
@@ -65,8 +67,18 @@ def cql_ready(host, port):
         return opcode == 0x08  # RESULT
 
 
+def connect_ready(host, port):
+    # The REST API answers before plugin scanning is done; wait for the plugin itself.
+    with urllib.request.urlopen(f"http://{host}:{port}/connector-plugins", timeout=5) as reply:
+        return b"io.debezium.connector.postgresql.PostgresConnector" in reply.read()
+
+
 def main(argv):
-    checks = {"kafka": (kafka_ready, "127.0.0.1:9092"), "cql": (cql_ready, "127.0.0.1:9042")}
+    checks = {
+        "kafka": (kafka_ready, "127.0.0.1:9092"),
+        "cql": (cql_ready, "127.0.0.1:9042"),
+        "connect": (connect_ready, "127.0.0.1:8083"),
+    }
     if len(argv) < 2 or argv[1] not in checks:
         print(__doc__.strip(), file=sys.stderr)
         return 2

@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, PipelineConfig, Secret, load, to_plain
+from pipeline.schema import build
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {"PRODUCER_PASSWORD": "p-secret-1", "DEBEZIUM_PASSWORD": "d-secret-2"}
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def problems(tmp_path: Path, data: object, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, data), {**ENV, **(env or {})})
+    return info.value.problems
+
+
+def test_project_config_loads() -> None:
+    config = load(ROOT / "config" / "pipeline.yaml", ENV)
+    assert config.binance.symbols
+    assert config.postgres.password.reveal() == "p-secret-1"
+    assert config.debezium.password.reveal() == "d-secret-2"
+    assert dataclasses.is_dataclass(config)
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    config = load(write(tmp_path, ""), {})
+    assert config == PipelineConfig()
+    assert config.binance.endpoints.klines.limit == 100
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    config = load(write(tmp_path, ""), {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.binance.base_url = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"binance": {"endpoints": {"klines": {"limit": "abc"}}}},
+         'binance.endpoints.klines.limit: expected an integer 1..1000, got "abc"'),
+        ({"binance": {"endpoints": {"klines": {"limit": 1001}}}},
+         "binance.endpoints.klines.limit: expected an integer 1..1000, got 1001"),
+        ({"binance": {"endpoints": {"klines": {"limit": 2.5}}}},
+         "binance.endpoints.klines.limit: expected an integer 1..1000, got 2.5"),
+        ({"binance": {"endpoints": {"klines": {"intervals": ["7m"]}}}},
+         "binance.endpoints.klines.intervals[0]: expected one of"),
+        ({"binance": {"symbols": []}}, "binance.symbols: expected a list of at least 1 item(s), got 0"),
+        ({"binance": {"symbols": "BTCUSDT"}}, 'binance.symbols: expected a list, got "BTCUSDT"'),
+        ({"binance": {"symbols": ["btc-usdt"]}}, 'binance.symbols[0]: expected a string matching'),
+        ({"binance": {"symbols": ["BTCUSDT", "BTCUSDT"]}}, "binance: symbols: duplicate symbol"),
+        ({"binance": {"base_url": "ftp://x"}}, "binance.base_url: expected a string matching"),
+        ({"binance": {"weight_budget_per_minute": 0}},
+         "binance.weight_budget_per_minute: expected an integer 1..6000, got 0"),
+        ({"binance": {"read_timeout_seconds": True}}, "binance.read_timeout_seconds: expected a number"),
+        ({"binance": {"read_timeout_seconds": ".nan"}}, "binance.read_timeout_seconds: expected a number"),
+        ({"binance": {"bogus": 1}}, "binance.bogus: unknown key (known keys: "),
+        ({"bogus": {}}, "bogus: unknown key"),
+        ({"postgres": {"port": 70000}}, "postgres.port: expected an integer 1..65535, got 70000"),
+        ({"postgres": {"sslmode": "maybe"}}, 'postgres.sslmode: expected one of "disable"'),
+        ({"postgres": []}, "postgres: expected a mapping, got a list"),
+        ({"kafka": {"bootstrap_servers": ["nohostport"]}}, "kafka.bootstrap_servers[0]: expected a string"),
+        ({"debezium": {"decimal_handling_mode": "float"}}, "debezium.decimal_handling_mode: expected one of"),
+        ({"debezium": {"schemas_enable": "yes please"}},
+         'debezium.schemas_enable: expected true or false, got "yes please"'),
+        ({"cassandra": {"keyspace": "Bad-Name"}}, "cassandra.keyspace: expected a string matching"),
+        ({"consumer": {"metrics_port": -1}}, "consumer.metrics_port: expected an integer 0..65535, got -1"),
+        ({"mappings": {"a": 1}}, "mappings: expected a list, got a mapping"),
+        ({"mappings": [{"table": "trades"}]}, "mappings[0].target: required key is missing"),
+        ([1, 2], "expected a mapping of sections at the top level"),
+        ("binance: [unclosed", "not valid YAML"),
+    ],
+)
+def test_bad_values_name_their_path(tmp_path: Path, data: object, expected: str) -> None:
+    found = problems(tmp_path, data)
+    assert any(expected in p for p in found), found
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    found = problems(tmp_path, {"postgres": {"port": "x", "host": 5, "bogus": 1}, "kafka": {"nope": 1}})
+    assert len(found) == 3, found  # host 5 is accepted as the string "5"
+    assert {p.split(":")[0] for p in found} == {"postgres.port", "postgres.bogus", "kafka.nope"}
+
+
+def test_interpolation(tmp_path: Path) -> None:
+    path = write(tmp_path, {"postgres": {"password": "${PW}", "host": "${PGHOST:-db.local}",
+                                         "user": "pre-${WHO}-post"}})
+    config = load(path, {"PW": "s3cret", "WHO": "me"})
+    assert config.postgres.password.reveal() == "s3cret"
+    assert config.postgres.host == "db.local"
+    assert config.postgres.user == "pre-me-post"
+
+
+def test_missing_variable_names_path_and_variable(tmp_path: Path) -> None:
+    found = problems(tmp_path, {"postgres": {"password": "${NOT_SET_ANYWHERE}"}})
+    assert found == [
+        "postgres.password: environment variable NOT_SET_ANYWHERE is not set (and ${NOT_SET_ANYWHERE} "
+        "has no :-default)"
+    ]
+
+
+def test_environment_overrides(tmp_path: Path) -> None:
+    env = {
+        "PIPELINE__BINANCE__BASE_URL": "http://127.0.0.1:8090",
+        "PIPELINE__BINANCE__SYMBOLS": "BTCUSDT, ETHUSDT",
+        "PIPELINE__POSTGRES__PORT": "55432",
+        "PIPELINE__BINANCE__ENDPOINTS__KLINES__INTERVALS": "[1m, 5m]",
+        "PIPELINE__DEBEZIUM__SCHEMAS_ENABLE": "false",
+        "PIPELINE__POSTGRES__PASSWORD": "0123",
+    }
+    config = load(write(tmp_path, {"postgres": {"port": 1}}), env)
+    assert config.binance.base_url == "http://127.0.0.1:8090"
+    assert config.binance.symbols == ("BTCUSDT", "ETHUSDT")
+    assert config.postgres.port == 55432
+    assert config.binance.endpoints.klines.intervals == ("1m", "5m")
+    assert config.debezium.schemas_enable is False
+    assert config.postgres.password.reveal() == "0123"  # a string setting stays a string
+
+
+def test_bad_environment_override_names_variable(tmp_path: Path) -> None:
+    found = problems(tmp_path, "", {"PIPELINE__POSTGRES__PORTT": "1", "PIPELINE__POSTGRES__PORT": "x"})
+    assert "postgres.portt (from PIPELINE__POSTGRES__PORTT): no such setting" in found
+    assert 'postgres.port: expected an integer 1..65535, got "x"' in found
+
+
+def test_secrets_are_masked(tmp_path: Path) -> None:
+    config = load(write(tmp_path, {"postgres": {"password": "hunter2"}}), {})
+    assert "hunter2" not in repr(config)
+    assert "hunter2" not in str(to_plain(config))
+    assert to_plain(config, reveal=True)["postgres"]["password"] == "hunter2"
+    assert str(Secret("x")) == "******"
+
+
+def test_decimal_settings_are_exact() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class WithDecimal:
+        fee: Decimal = Decimal("0")
+
+    assert build(WithDecimal, {"fee": "0.00000001"}).fee == Decimal("0.00000001")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", **(env or {})}, check=False,
+    )
+
+
+def test_cli_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, {"binance": {"endpoints": {"klines": {"limit": "abc"}}}})
+    proc = run_cli("--config", str(path), "check", env=ENV)
+    assert proc.returncode == 2
+    assert 'binance.endpoints.klines.limit: expected an integer 1..1000, got "abc"' in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_missing_file_exits_2(tmp_path: Path) -> None:
+    proc = run_cli("--config", str(tmp_path / "nope.yaml"), "check")
+    assert proc.returncode == 2
+    assert "cannot read config file" in proc.stderr
+
+
+def test_cli_show_masks_secrets() -> None:
+    proc = run_cli("show", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert "p-secret-1" not in proc.stdout and "d-secret-2" not in proc.stdout
+    assert "******" in proc.stdout
