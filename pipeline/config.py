@@ -187,19 +187,65 @@ class ConsumerConfig:
     max_poll_records: int = setting(2000, min=1, max=100_000)
     truncate: Literal["ignore", "apply"] = "ignore"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Rows of one Cassandra partition sent as one unlogged batch (1: every row is its own request).
+    batch_max_rows: int = setting(16, min=1, max=1000)
+    # Backoff between retries while Cassandra or Kafka fails (exponential with jitter, capped).
+    retry_backoff_initial_seconds: float = setting(0.5, min=0.01, max=600)
+    retry_backoff_max_seconds: float = setting(30.0, min=0.01, max=3600)
+    # On SIGTERM/SIGINT and on revocation: how long to wait for in-flight writes before committing
+    # only what is durable.
+    shutdown_timeout_seconds: float = setting(30.0, min=0, max=3600)
+    session_timeout_ms: int = setting(45000, min=1000, max=3_600_000)
+    # `python -m consumer verify`: the PostgreSQL role that reads the tables (default: postgres.user).
+    verify_user: str | None = None
+    verify_password: Secret | None = None
+    verify_max_differences: int = setting(20, min=1, max=1_000_000)
+    # Added to every write timestamp (USING TIMESTAMP = offset + source.lsn): see consumer/mapping.py.
+    timestamp_offset: int = setting(0, min=0, max=2**62)
 
 
 @dataclass(frozen=True)
 class MappingConfig:
-    """One captured PostgreSQL table carried into one Cassandra table."""
+    """One captured PostgreSQL table carried into one Cassandra table (see consumer/mapping.py).
+
+    Column names in `rename` keys, `day_buckets` values, `ignore_columns`, `decimal_scales`,
+    `timestamp_units` and `bucket_unit_by` are PostgreSQL's; in `key`, `rename` values and `day_buckets`
+    keys they are Cassandra's.
+    """
 
     table: str = setting(pattern=IDENT)
     target: str = setting(pattern=IDENT)
+    # The Cassandra table's primary key, partition key columns first, in Cassandra names.
     key: tuple[str, ...] = setting(pattern=IDENT, min_items=1)
     rename: Mapping[str, str] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
     # Cassandra column <- day bucket (a date) of the named timestamp column, for bounded partitions.
+    # The bucket is the start of the timestamp's UTC hour, day, month or year: see bucket_unit.
     day_buckets: Mapping[str, str] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
     ttl_seconds: int = setting(0, min=0, max=630_720_000)
+    # The Kafka topic; default <debezium.topic_prefix>.<debezium.schema>.<table>.
+    topic: str | None = setting(None, pattern=r"[A-Za-z0-9_.\-]+")
+    # Must match ALTER TABLE ... REPLICA IDENTITY: what a delete (and an update's before) carries.
+    replica_identity: Literal["default", "full"] = "default"
+    # PostgreSQL columns not carried to Cassandra; any other column Cassandra lacks is a poison message.
+    ignore_columns: tuple[str, ...] = setting((), pattern=IDENT)
+    # Scale of NUMERIC columns, needed only when messages carry no schema (debezium.schemas_enable
+    # false) in decimal_handling_mode precise: one scale for the table, and per-column overrides.
+    decimal_scale: int | None = setting(None, min=-1000, max=1000)
+    decimal_scales: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: types.MappingProxyType({}), metadata={"min": -1000, "max": 1000}
+    )
+    # Unit of integer timestamp/time values when messages carry no schema (timestamptz columns are
+    # ISO strings and need none): PostgreSQL timestamp(0-3) -> ms, timestamp(4-6) -> us.
+    timestamp_units: Mapping[str, Literal["ms", "us", "ns"]] = dataclasses.field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
+    # Size of every day_buckets bucket: an hour (a timestamp column), a day, a month or a year, optionally
+    # picked per row by the value of the column bucket_unit_by (klines: interval 1s -> day, 1m -> month).
+    bucket_unit: Literal["hour", "day", "month", "year"] = "day"
+    bucket_unit_by: str | None = setting(None, pattern=IDENT)
+    bucket_units: Mapping[str, Literal["hour", "day", "month", "year"]] = dataclasses.field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ so this can run while the node is still starting (as in a compose service).
 Defaults come from CASSANDRA_HOST / CASSANDRA_PORT, else 127.0.0.1:9042.
 Needs the cassandra-driver package.
 """
+
 import argparse
 import os
 import sys
@@ -45,15 +46,18 @@ def split_statements(text):
 
 
 def connect(host, port, wait):
-    from cassandra.cluster import Cluster, NoHostAvailable
+    from cassandra.cluster import Cluster
 
     deadline = time.monotonic() + wait
     while True:
-        cluster = Cluster([host], port=port, connect_timeout=5)
+        cluster = None
         try:
+            # Inside the loop: in a compose network the host name may not resolve yet.
+            cluster = Cluster([host], port=port, connect_timeout=5)
             return cluster, cluster.connect()
-        except NoHostAvailable:
-            cluster.shutdown()
+        except Exception:  # the driver raises several types for "not there yet"
+            if cluster is not None:
+                cluster.shutdown()
             if time.monotonic() >= deadline:
                 raise
             time.sleep(2)
@@ -70,7 +74,10 @@ def main():
     try:
         import cassandra  # noqa: F401
     except ImportError:
-        print("error: python package cassandra-driver is missing (pip install cassandra-driver)", file=sys.stderr)
+        print(
+            "error: python package cassandra-driver is missing (pip install cassandra-driver)",
+            file=sys.stderr,
+        )
         return 1
 
     with open(args.file, encoding="utf-8") as f:
@@ -78,7 +85,8 @@ def main():
     try:
         cluster, session = connect(args.host, args.port, args.wait)
     except Exception as exc:  # the driver wraps every cause in its own types
-        print(f"error: cannot reach Cassandra at {args.host}:{args.port}: {exc}", file=sys.stderr)
+        where = f"{args.host}:{args.port}"
+        print(f"error: cannot reach Cassandra at {where}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     try:
         for n, statement in enumerate(statements, 1):

@@ -8,6 +8,7 @@
 A bare TCP connect is not enough: both servers accept connections before
 they can serve requests.
 """
+
 import socket
 import struct
 import sys

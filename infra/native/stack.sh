@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CDC stack without Docker, every service on loopback:
-#   pg         PostgreSQL (a Debian cluster, default 15/cdc) on 5432
+#   postgres   PostgreSQL (a Debian cluster, default 15/cdc) on 5432 ("pg" works too)
 #   kafka      Kafka broker+controller (KRaft) on 9092, controller 9093
 #   connect    Kafka Connect (distributed) with Debezium's PostgreSQL plugin on 8083
 #   cassandra  Cassandra 5.0, CQL on 9042 (gossip on 7000)
@@ -9,7 +9,8 @@
 #        stack.sh logs [-f] [service...]
 # Runtime state (data, logs, pids, rendered configs) lives in $STACK_DIR
 # (default <repo>/.stack); jars in infra/native/lib, fetched by Maven.
-set -euo pipefail
+set -Eeuo pipefail
+trap 'echo "stack: error: line $LINENO: $BASH_COMMAND failed" >&2' ERR
 
 NATIVE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$NATIVE_DIR/../.." && pwd)
@@ -31,10 +32,14 @@ CONNECT_HEAP=${CONNECT_HEAP:-1g}
 CASSANDRA_HEAP=${CASSANDRA_HEAP:-1g}
 READY_TIMEOUT=${READY_TIMEOUT:-180}
 STOP_TIMEOUT=${STOP_TIMEOUT:-60}
-PYTHON=${PYTHON:-python3}
+# The project's virtualenv has cassandra-driver, which apply_cql.py needs.
+if [[ -z ${PYTHON:-} ]]; then
+  PYTHON=python3
+  [[ -x $REPO_DIR/.venv/bin/python ]] && PYTHON=$REPO_DIR/.venv/bin/python
+fi
 
-ALL_SERVICES=(pg kafka cassandra connect)
-declare -A PORTS=([pg]="$PG_PORT" [kafka]="9092 9093" [connect]=8083 [cassandra]="9042 7000")
+ALL_SERVICES=(postgres kafka cassandra connect)
+declare -A PORTS=([postgres]="$PG_PORT" [kafka]="9092 9093" [connect]=8083 [cassandra]="9042 7000")
 
 say() { echo "stack: $*"; }
 die() { echo "stack: error: $*" >&2; exit 1; }
@@ -43,10 +48,15 @@ die() { echo "stack: error: $*" >&2; exit 1; }
 
 as_root() { if [[ $EUID -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
-# psql and friends as the cluster owner, over the Unix socket (peer auth).
+# psql and friends as the cluster owner, over the Unix socket (peer auth), with the
+# password variables in the environment (never on a command line) for psql's \getenv.
 # cd / because postgres may not be allowed into the caller's directory.
 as_postgres() {
-  (cd / && as_root runuser -u postgres -- "$@")
+  if [[ $EUID -eq 0 ]]; then
+    (cd / && runuser -u postgres -- "$@")
+  else
+    (cd / && sudo --preserve-env=POSTGRES_PASSWORD,PRODUCER_PASSWORD,DEBEZIUM_PASSWORD -u postgres -- "$@")
+  fi
 }
 
 port_busy() {
@@ -71,13 +81,15 @@ check_ports() {
   return 0
 }
 
+# Empty for a process that is gone, or a zombie.
+cmdline() { tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline"; }
+
 # The pid file alone could name a recycled pid; the JVM's command line carries a marker.
 svc_pid() {
-  local file=$RUN/$1.pid pid cmd
+  local file=$RUN/$1.pid pid
   [[ -f $file ]] || return 1
   pid=$(<"$file")
-  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-  [[ $cmd == *"-Dnative.stack.service=$1 "* ]] || return 1
+  [[ $(cmdline "$pid") == *"-Dnative.stack.service=$1 "* ]] || return 1
   echo "$pid"
 }
 
@@ -131,6 +143,7 @@ launch() {
   shift
   rm -f "$RUN/$svc.pid"
   echo "=== $(date -Is) stack.sh starting $svc" >>"$LOGS/$svc.log"
+  # shellcheck disable=SC2016 # $$ and $@ belong to the inner bash
   (cd "$STACK_DIR" && exec setsid bash -c 'echo $$ >"$0"; exec "$@"' "$RUN/$svc.pid" "$@" \
     >>"$LOGS/$svc.log" 2>&1 </dev/null) &
   local i
@@ -154,12 +167,12 @@ fail() {
 }
 
 log_file() {
-  if [[ $1 == pg ]]; then echo "/var/log/postgresql/postgresql-$PG_VERSION-$PG_CLUSTER.log"; else echo "$LOGS/$1.log"; fi
+  if [[ $1 == postgres ]]; then echo "/var/log/postgresql/postgresql-$PG_VERSION-$PG_CLUSTER.log"; else echo "$LOGS/$1.log"; fi
 }
 
 ready() {
   case $1 in
-    pg) pg_isready -q -h 127.0.0.1 -p "$PG_PORT" ;;
+    postgres) pg_isready -q -h 127.0.0.1 -p "$PG_PORT" ;;
     kafka) "$PYTHON" "$NATIVE_DIR/probe.py" kafka 127.0.0.1:9092 ;;
     connect) "$PYTHON" "$NATIVE_DIR/probe.py" connect 127.0.0.1:8083 ;;
     cassandra) "$PYTHON" "$NATIVE_DIR/probe.py" cql 127.0.0.1:9042 ;;
@@ -167,7 +180,7 @@ ready() {
 }
 
 running() {
-  if [[ $1 == pg ]]; then pg_online; else svc_pid "$1" >/dev/null; fi
+  if [[ $1 == postgres ]]; then pg_online; else svc_pid "$1" >/dev/null; fi
 }
 
 wait_ready() {
@@ -183,16 +196,23 @@ wait_ready() {
 
 # Newest installed server unless PG_VERSION says otherwise.
 pg_version() {
-  PG_VERSION=${PG_VERSION:-$(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -n1)}
+  local dir
+  if [[ -z ${PG_VERSION:-} ]]; then
+    for dir in /usr/lib/postgresql/*/bin/postgres; do
+      [[ -x $dir ]] && dir=${dir#/usr/lib/postgresql/} && PG_VERSION=${dir%%/*}
+    done
+  fi
+  PG_VERSION=${PG_VERSION:-}
 }
 
 pg_detect() {
   pg_version
-  command -v pg_createcluster >/dev/null && [[ -x /usr/lib/postgresql/$PG_VERSION/bin/postgres ]] ||
+  if ! command -v pg_createcluster >/dev/null || [[ ! -x /usr/lib/postgresql/$PG_VERSION/bin/postgres ]]; then
     die "PostgreSQL server not installed: apt-get install -y postgresql"
+  fi
 }
 
-pg_exists() { [[ -n $PG_VERSION && -d /etc/postgresql/$PG_VERSION/$PG_CLUSTER ]]; }
+pg_exists() { [[ -n $PG_VERSION && -f /etc/postgresql/$PG_VERSION/$PG_CLUSTER/postgresql.conf ]]; }
 
 pg_online() {
   pg_exists && pg_lsclusters -h | awk -v v="$PG_VERSION" -v c="$PG_CLUSTER" '$1 == v && $2 == c && $4 ~ /^online/ {f = 1} END {exit !f}'
@@ -204,7 +224,8 @@ pg_conflicts() {
 }
 
 pg_configure() {
-  local confd=/etc/postgresql/$PG_VERSION/$PG_CLUSTER/conf.d
+  local confd=/etc/postgresql/$PG_VERSION/$PG_CLUSTER/conf.d before
+  before=$(cat "$confd"/*.conf 2>/dev/null | sha256sum || true)
   if [[ -f $PG_CONF_FILE ]]; then
     as_root install -m 644 -o postgres -g postgres "$PG_CONF_FILE" "$confd/10-infra.conf"
   else
@@ -214,9 +235,13 @@ pg_configure() {
   fi
   # Included after the infra settings, so these win: loopback only for the native stack.
   printf "listen_addresses = 'localhost'\nport = %s\n" "$PG_PORT" | as_root tee "$confd/90-native.conf" >/dev/null
+  as_root chown postgres:postgres "$confd/10-infra.conf" "$confd/90-native.conf"
+  if [[ $(cat "$confd"/*.conf | sha256sum) != "$before" ]] && pg_online; then
+    say "note: PostgreSQL settings changed; they apply after: $0 down postgres && $0 up postgres"
+  fi
 }
 
-start_pg() {
+start_postgres() {
   pg_detect
   if ! pg_exists; then
     say "creating PostgreSQL cluster $PG_VERSION/$PG_CLUSTER"
@@ -224,7 +249,7 @@ start_pg() {
   fi
   pg_configure
   if pg_online; then
-    say "pg already running"
+    say "postgres already running"
   else
     local other
     for other in $(pg_conflicts); do
@@ -235,39 +260,61 @@ start_pg() {
         die "port $PG_PORT is held by PostgreSQL cluster $other: stop it (pg_ctlcluster ${other%/*} ${other#*/} stop) or rerun with NATIVE_STOP_CONFLICTING_PG=1"
       fi
     done
-    check_ports pg
-    as_root pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start || fail pg "failed to start"
+    check_ports postgres
+    as_root pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start || fail postgres "failed to start"
   fi
-  wait_ready pg
+  wait_ready postgres
   pg_init_db
 }
 
-# init-db.sql runs once: when it creates the database. It runs in one
-# transaction, and a failure drops the database again so the next `up` retries.
+# Passwords come from the environment, else from the repo's .env (as `make` exports it).
+load_passwords() {
+  local name line
+  for name in POSTGRES_PASSWORD PRODUCER_PASSWORD DEBEZIUM_PASSWORD; do
+    [[ -n ${!name:-} || ! -f $REPO_DIR/.env ]] && continue
+    line=$(grep -E "^[[:space:]]*$name=" "$REPO_DIR/.env" | tail -n1 || true)
+    [[ -n $line ]] && export "$name=${line#*=}"
+  done
+  return 0
+}
+
+# init-db.sql is idempotent, so it runs on every `up`: roles, grants and passwords follow
+# the current file and .env. It runs in one transaction; if it fails on a database this
+# call created, the database is dropped again so nothing half-made is left behind.
 pg_init_db() {
-  local exists
-  exists=$(as_postgres psql -X -p "$PG_PORT" -tAc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")
-  [[ $exists == 1 ]] && return 0
+  load_passwords
+  # The tests connect as postgres over TCP, which needs a password.
+  if [[ -n ${POSTGRES_PASSWORD:-} ]]; then
+    as_postgres psql -X -q -p "$PG_PORT" -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
+\getenv pw POSTGRES_PASSWORD
+ALTER ROLE postgres PASSWORD :'pw';
+SQL
+  fi
   if [[ ! -f $PG_INIT_SQL ]]; then
     say "warning: $PG_INIT_SQL not found; database $PG_DB not created"
     return 0
   fi
-  say "creating database $PG_DB and running $(basename "$PG_INIT_SQL")"
-  as_postgres createdb -p "$PG_PORT" "$PG_DB"
-  if ! as_postgres env DEBEZIUM_PASSWORD="${DEBEZIUM_PASSWORD:-debezium}" PRODUCER_PASSWORD="${PRODUCER_PASSWORD:-producer}" \
-    psql -X -q -p "$PG_PORT" -d "$PG_DB" -v ON_ERROR_STOP=1 --single-transaction -f - \
-    <"$PG_INIT_SQL" >"$LOGS/pg-init.log" 2>&1; then
-    as_postgres dropdb -p "$PG_PORT" "$PG_DB"
-    cat "$LOGS/pg-init.log" >&2
-    die "$PG_INIT_SQL failed; database $PG_DB dropped again"
+  [[ -n ${PRODUCER_PASSWORD:-} && -n ${DEBEZIUM_PASSWORD:-} ]] ||
+    die "PRODUCER_PASSWORD and DEBEZIUM_PASSWORD must be set (in the environment or $REPO_DIR/.env; make .env writes one)"
+  local created=0
+  if [[ -z $(as_postgres psql -X -p "$PG_PORT" -tAc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'") ]]; then
+    say "creating database $PG_DB"
+    as_postgres createdb -p "$PG_PORT" "$PG_DB"
+    created=1
+  fi
+  if ! as_postgres psql -X -q -p "$PG_PORT" -d "$PG_DB" -v ON_ERROR_STOP=1 --single-transaction -f - \
+    <"$PG_INIT_SQL" >"$LOGS/postgres-init.log" 2>&1; then
+    ((created)) && as_postgres dropdb -p "$PG_PORT" "$PG_DB"
+    cat "$LOGS/postgres-init.log" >&2
+    die "$PG_INIT_SQL failed on database $PG_DB (log: $LOGS/postgres-init.log)"
   fi
 }
 
-stop_pg() {
+stop_postgres() {
   pg_version
   if pg_online; then
     as_root pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" stop -m fast
-    say "pg stopped"
+    say "postgres stopped"
   fi
 }
 
@@ -283,13 +330,16 @@ start_kafka() {
       kafka.tools.StorageTool format -t "$cluster_id" -c "$CONF/kafka.properties" >>"$LOGS/kafka.log" 2>&1 ||
       fail kafka "storage format failed"
   fi
-  launch kafka "$JAVA" -Dnative.stack.service=kafka -Xms"$KAFKA_HEAP" -Xmx"$KAFKA_HEAP" \
+  launch kafka "$JAVA" -Dnative.stack.service=kafka -Xms256m -Xmx"$KAFKA_HEAP" \
     -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$CONF/log4j2.properties" \
     -cp "$LIB_DIR/kafka/*" kafka.Kafka "$CONF/kafka.properties"
 }
 
 start_connect() {
+  # The worker resolves ${env:DEBEZIUM_PASSWORD} in the connector config from its own environment.
+  load_passwords
+  [[ -n ${DEBEZIUM_PASSWORD:-} ]] || die "DEBEZIUM_PASSWORD must be set (in the environment or $REPO_DIR/.env)"
   render connect-distributed.properties
   render log4j2.properties
   launch connect "$JAVA" -Dnative.stack.service=connect -Xms256m -Xmx"$CONNECT_HEAP" \
@@ -305,7 +355,7 @@ start_cassandra() {
   local jamm opts
   jamm=$(compgen -G "$LIB_DIR/cassandra/jamm-*.jar" | head -n1) || die "jamm jar missing from $LIB_DIR/cassandra"
   mapfile -t opts < <(grep -E '^-' "$NATIVE_DIR/conf/cassandra-jvm.options")
-  launch cassandra "$CASSANDRA_JAVA" -Dnative.stack.service=cassandra -Xms"$CASSANDRA_HEAP" -Xmx"$CASSANDRA_HEAP" \
+  launch cassandra "$CASSANDRA_JAVA" -Dnative.stack.service=cassandra -Xms256m -Xmx"$CASSANDRA_HEAP" \
     "${opts[@]}" -javaagent:"$jamm" \
     -Dcassandra.config="file://$CONF/cassandra.yaml" \
     -Dlogback.configurationFile="$CONF/logback.xml" \
@@ -345,7 +395,7 @@ stop_jvms() {
   while :; do
     alive=0
     for i in "${!pids[@]}"; do
-      [[ -n $(tr '\0' ' ' <"/proc/${pids[$i]}/cmdline" 2>/dev/null) ]] && alive=1
+      [[ -n $(cmdline "${pids[$i]}") ]] && alive=1
     done
     ((alive)) || break
     if ((SECONDS >= deadline)); then
@@ -367,32 +417,41 @@ stop_jvms() {
 
 # ---------------------------------------------------------------- commands
 
-# Resolve the service arguments to a list in start order.
+# Resolve the service arguments into SEL, a word list in start order. (A global, not
+# output: die inside a command substitution would only end the subshell.)
 select_services() {
-  local want=("$@") svc out=()
+  local want=("$@") svc out=() i
   ((${#want[@]})) || want=("${ALL_SERVICES[@]}")
+  for i in "${!want[@]}"; do
+    [[ ${want[i]} == pg ]] && want[i]=postgres
+  done
   for svc in "${want[@]}"; do
     [[ -v PORTS[$svc] ]] || die "unknown service '$svc' (services: ${ALL_SERVICES[*]})"
   done
   for svc in "${ALL_SERVICES[@]}"; do
     [[ " ${want[*]} " == *" $svc "* ]] && out+=("$svc")
   done
-  echo "${out[@]}"
+  SEL="${out[*]}"
 }
 
 has() { [[ " $1 " == *" $2 "* ]]; }
 
 cmd_up() {
   local sel start=$SECONDS
-  sel=$(select_services "$@")
+  select_services "$@"
+  sel=$SEL
   # Connect keeps all its state in Kafka.
-  has "$sel" connect && ! has "$sel" kafka && sel=$(select_services $sel kafka)
+  if has "$sel" connect && ! has "$sel" kafka; then
+    # shellcheck disable=SC2086 # $sel is a word list
+    select_services $sel kafka
+    sel=$SEL
+  fi
   mkdir -p "$DATA" "$LOGS" "$RUN" "$CONF"
-  if [[ $sel != pg ]]; then
+  if [[ $sel != postgres ]]; then
     find_java
     fetch_jars
   fi
-  has "$sel" pg && start_pg
+  has "$sel" postgres && start_postgres
   # Kafka and Cassandra boot side by side; Connect needs a ready broker.
   has "$sel" kafka && start_jvm kafka
   has "$sel" cassandra && start_jvm cassandra
@@ -410,23 +469,25 @@ cmd_up() {
 
 cmd_down() {
   local sel others=() svc
-  sel=$(select_services "$@")
+  select_services "$@"
+  sel=$SEL
   # Connect first: it commits its offsets to Kafka as it stops.
   if has "$sel" connect; then stop_jvms connect; fi
   for svc in kafka cassandra; do
     if has "$sel" "$svc"; then others+=("$svc"); fi
   done
   stop_jvms ${others[@]+"${others[@]}"}
-  if has "$sel" pg; then stop_pg; fi
+  if has "$sel" postgres; then stop_postgres; fi
 }
 
 cmd_status() {
   local sel svc state all_up=0 pid
-  sel=$(select_services "$@")
+  select_services "$@"
+  sel=$SEL
   pg_version
   for svc in $sel; do
     pid=""
-    [[ $svc != pg ]] && pid=$(svc_pid "$svc" || true)
+    [[ $svc != postgres ]] && pid=$(svc_pid "$svc" || true)
     if ready "$svc" >/dev/null 2>&1 && running "$svc"; then
       state=up
     elif running "$svc"; then
@@ -447,7 +508,8 @@ cmd_logs() {
     follow=1
     shift
   fi
-  sel=$(select_services "$@")
+  select_services "$@"
+  sel=$SEL
   pg_version
   for svc in $sel; do
     [[ -r $(log_file "$svc") ]] && files+=("$(log_file "$svc")")
@@ -461,14 +523,18 @@ cmd_logs() {
 
 cmd_wipe() {
   local sel svc
-  sel=$(select_services "$@")
+  select_services "$@"
+  sel=$SEL
+  # shellcheck disable=SC2086 # $sel is a word list
   cmd_down $sel
   for svc in $sel; do
     case $svc in
-      pg)
+      postgres)
         pg_version
         if pg_exists; then
           as_root pg_dropcluster --stop "$PG_VERSION" "$PG_CLUSTER"
+          # pg_dropcluster leaves conf.d behind with the files it did not create.
+          as_root rm -rf "/etc/postgresql/$PG_VERSION/$PG_CLUSTER"
           say "dropped PostgreSQL cluster $PG_VERSION/$PG_CLUSTER"
         fi
         ;;
@@ -476,7 +542,7 @@ cmd_wipe() {
     esac
   done
   # Everything wiped: take the rest of the runtime state too.
-  if [[ $(select_services) == "$sel" ]]; then
+  if [[ ${ALL_SERVICES[*]} == "$sel" ]]; then
     rm -rf "${DATA:?}" "${RUN:?}" "${CONF:?}" "${LOGS:?}"
     rmdir "$STACK_DIR" 2>/dev/null || true
   fi
@@ -487,9 +553,11 @@ main() {
   local cmd=${1:-}
   [[ $# -gt 0 ]] && shift
   case $cmd in
-    up | down | status | logs | wipe) "cmd_$cmd" "$@" ;;
+    up | down | logs | wipe) "cmd_$cmd" "$@" ;;
+    # Exit 1 when a service is not up, without the ERR trap's message.
+    status) cmd_status "$@" || exit 1 ;;
     *)
-      sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+      awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "${BASH_SOURCE[0]}" >&2
       exit 2
       ;;
   esac
