@@ -79,8 +79,8 @@ test-unit: install ## Unit tests only (no services)
 test: install lint typecheck ## Everything: lint, types, unit and integration tests (starts the native stack)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-bench: install ## Benchmarks (figures go in the README)
-	$(PY) bench/load_klines.py
+bench: install ## Benchmarks on the running stack (make up first); figures go in the README
+	bash bench/run.sh
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

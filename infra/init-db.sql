@@ -23,6 +23,18 @@
   SELECT 1 / 0 AS debezium_password_missing;
 \endif
 
+-- An empty variable passes the checks above but would leave a role without a usable password.
+SELECT :'producer_password' = '' AS producer_password_empty,
+       :'debezium_password' = '' AS debezium_password_empty \gset
+\if :producer_password_empty
+  \warn 'init-db.sql: PRODUCER_PASSWORD is empty'
+  SELECT 1 / 0 AS producer_password_empty;
+\endif
+\if :debezium_password_empty
+  \warn 'init-db.sql: DEBEZIUM_PASSWORD is empty'
+  SELECT 1 / 0 AS debezium_password_empty;
+\endif
+
 SET client_min_messages = warning;
 
 -- Prices and quantities are exact decimals: numeric(38,18) holds 24-hour volumes far above 10^12 and

@@ -156,3 +156,22 @@ def pg_admin(postgres: PipelineConfig) -> Iterator[Any]:
         yield conn
     finally:
         conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_config(postgres: PipelineConfig) -> PipelineConfig:
+    """The config, its `postgres` section pointing at a ready database as the producer role."""
+    return postgres
+
+
+@pytest.fixture
+def pg_conn(pg_config: PipelineConfig) -> Iterator[Any]:
+    """An autocommit connection as the producer role (it may read all five tables)."""
+    pg = pg_config.postgres
+    conn = psycopg2.connect(host=pg.host, port=pg.port, dbname=pg.dbname, user=pg.user,
+                            password=pg.password.reveal(), connect_timeout=10, options="-c TimeZone=UTC")
+    conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        conn.close()
