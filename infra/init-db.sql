@@ -130,6 +130,28 @@ CREATE TABLE IF NOT EXISTS debezium_heartbeat (
 ALTER TABLE order_book_levels REPLICA IDENTITY FULL;
 ALTER TABLE trades REPLICA IDENTITY FULL;
 
+-- numeric accepts NaN, which Debezium cannot encode as a decimal: one NaN row stops the connector.
+-- Binance never sends NaN and the producer rejects it; these checks stop any other writer too (NOT VALID:
+-- rows already stored are not re-checked, so the script still runs on an existing database).
+DO $$
+DECLARE
+    col record;
+BEGIN
+    FOR col IN
+        SELECT c.table_name, c.column_name
+        FROM information_schema.columns c
+        WHERE c.table_schema = 'public' AND c.data_type = 'numeric'
+          AND c.table_name IN ('latest_prices', 'order_book_levels', 'trades', 'klines', 'ticker_24hr')
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                       WHERE conname = col.table_name || '_' || col.column_name || '_not_nan') THEN
+            EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK (%I <> ''NaN'') NOT VALID', col.table_name,
+                           col.table_name || '_' || col.column_name || '_not_nan', col.column_name);
+        END IF;
+    END LOOP;
+END
+$$;
+
 -- Roles -----------------------------------------------------------------------------------------------
 
 SELECT format('CREATE ROLE producer LOGIN PASSWORD %L', :'producer_password')
