@@ -60,6 +60,7 @@ from consumer.mapping import Mappings, build_mappings, cql_table_from_metadata
 from consumer.metrics import ConsumerMetrics
 from consumer.offsets import OffsetTracker, PartitionState, TopicPartition
 from consumer.sink import CassandraSink, Request, WriteLike, is_transient
+from pipeline.clients import kafka_client_options
 from pipeline.config import KafkaConfig, MappingConfig, PipelineConfig
 from pipeline.schema import ConfigError
 
@@ -113,19 +114,7 @@ def load_mappings(
 
 def kafka_client_config(kafka: KafkaConfig) -> dict[str, Any]:
     """bootstrap and security settings shared by the consumer and the dead-letter producer."""
-    out: dict[str, Any] = {
-        "bootstrap_servers": list(kafka.bootstrap_servers),
-        "security_protocol": kafka.security_protocol,
-        "reconnect_backoff_ms": 200,
-        "reconnect_backoff_max_ms": 10_000,
-    }
-    if kafka.sasl_mechanism:
-        out["sasl_mechanism"] = kafka.sasl_mechanism
-        out["sasl_plain_username"] = kafka.sasl_username
-        out["sasl_plain_password"] = kafka.sasl_password.reveal() if kafka.sasl_password else None
-    if kafka.ssl_cafile:
-        out["ssl_cafile"] = kafka.ssl_cafile
-    return out
+    return {**kafka_client_options(kafka), "reconnect_backoff_ms": 200, "reconnect_backoff_max_ms": 10_000}
 
 
 @dataclass(slots=True, eq=False)

@@ -16,10 +16,10 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from pipeline.cli import add_config_argument, load_or_exit, run
-from pipeline.config import KafkaConfig, PipelineConfig
+from pipeline.clients import kafka_client_options
+from pipeline.config import PipelineConfig
 from pipeline.connector import ConnectClient, ConnectorError, State, describe_error, trace_summary
 
 DEFAULT_TIMEOUT = 5.0
@@ -100,21 +100,6 @@ def check_postgres(config: PipelineConfig, timeout: float) -> list[Check]:
 
 
 # --- Kafka ---------------------------------------------------------------------------------------
-
-def kafka_client_options(kafka: KafkaConfig) -> dict[str, Any]:
-    """kafka-python settings for the configured cluster and its security."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": list(kafka.bootstrap_servers),
-        "security_protocol": kafka.security_protocol,
-    }
-    if kafka.sasl_mechanism:
-        options["sasl_mechanism"] = kafka.sasl_mechanism
-        options["sasl_plain_username"] = kafka.sasl_username
-        options["sasl_plain_password"] = kafka.sasl_password.reveal() if kafka.sasl_password else None
-    if kafka.ssl_cafile:
-        options["ssl_cafile"] = kafka.ssl_cafile
-    return options
-
 
 def pipeline_topic(config: PipelineConfig, topic: str) -> bool:
     """The connector's change topics, its heartbeat topic, and the consumer's dead-letter topic."""

@@ -29,9 +29,9 @@ import psycopg2
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
+from pipeline.clients import kafka_client_options
 from pipeline.config import PipelineConfig
 from pipeline.connector import ConnectClient, connector_state, delete, register, with_debezium
-from pipeline.status import kafka_client_options
 
 pytestmark = pytest.mark.stack
 
