@@ -21,14 +21,24 @@ Encodings handled (Debezium 3.x):
 - `__debezium_unavailable_value` (an unchanged TOASTed column, in any of its forms: text, base64 bytes,
   arrays) is dropped from `before`/`after`, and named in `Change.unavailable`, so the row keeps its old
   value downstream.
+
+Schema cache: JsonConverter with `schemas.enable=true` repeats the whole schema in every message, and
+parsing it dominates decoding. The bytes before `,"payload":` of a value or key are cached (an LRU of
+`configure_schema_cache(n)` schemas) with the parsed schema and a per-field conversion plan; a message
+that starts with exactly those bytes has only its payload parsed. A prefix is cached only once a full
+parse has shown it to be `{"schema":` followed by one complete JSON value equal to the parsed schema, and
+anything unexpected on the fast path (payload slice not valid JSON, no closing brace, a number needing the
+exact re-read) goes back to the full parse: results are those of the uncached path, always.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -46,6 +56,8 @@ __all__ = [
     "ColumnHint",
     "DecodeHints",
     "TableHints",
+    "clear_schema_cache",
+    "configure_schema_cache",
     "decode",
 ]
 
@@ -140,9 +152,9 @@ def decode(
     h = hints or _NO_HINTS
     try:
         try:
-            return _decode(topic, partition, offset, key, value, h, orjson.loads)
+            return _decode(topic, partition, offset, key, value, h, orjson.loads, _cache_max > 0)
         except _NeedExactNumbers:
-            return _decode(topic, partition, offset, key, value, h, _loads_exact)
+            return _decode(topic, partition, offset, key, value, h, _loads_exact, False)
     except PoisonMessageError as exc:
         exc.locate(topic, partition, offset)
         raise
@@ -169,9 +181,18 @@ def _decode(
     value: bytes,
     hints: DecodeHints,
     loads: Callable[[bytes], Any],
+    cached: bool,
 ) -> Change | None:
-    doc = _parse(value, "value", loads)
-    schema, payload = _envelope(doc, "value")
+    plan: _SchemaPlan | None = None
+    hit = _cached_split(value) if cached else None
+    if hit is not None:
+        plan, payload = hit
+        schema: dict[str, Any] | None = plan.schema
+    else:
+        doc = _parse(value, "value", loads)
+        schema, payload = _envelope(doc, "value")
+        if cached and schema is not None:
+            plan = _remember(value, schema)
     if payload is None:                                   # JSON null, or schema + null payload
         return None
     if not isinstance(payload, dict):
@@ -209,13 +230,23 @@ def _decode(
     mode = hints.decimal_mode
     before_schema = after_schema = None
     if schema is not None:
-        envelope_fields = _fields(schema, "value.schema")
+        envelope_fields = plan.envelope_fields() if plan is not None else _fields(schema, "value.schema")
         before_schema = envelope_fields.get("before")
         after_schema = envelope_fields.get("after")
 
     dropped: set[str] = set()
-    before = _row(payload.get("before"), before_schema, table_hints, mode, "value.payload.before", dropped)
-    after = _row(payload.get("after"), after_schema, table_hints, mode, "value.payload.after", dropped)
+    if plan is not None:
+        before = _planned_row(
+            payload.get("before"), plan, before_schema, table_hints, mode, "value.payload.before", dropped
+        )
+        after = _planned_row(
+            payload.get("after"), plan, after_schema, table_hints, mode, "value.payload.after", dropped
+        )
+    else:
+        before = _row(
+            payload.get("before"), before_schema, table_hints, mode, "value.payload.before", dropped
+        )
+        after = _row(payload.get("after"), after_schema, table_hints, mode, "value.payload.after", dropped)
     if op in ("c", "r", "u") and after is None:
         raise PoisonMessageError("bad_envelope", "value.payload.after", f"op {op} without an after row")
     if op == "d" and before is None:
@@ -225,7 +256,7 @@ def _decode(
     if op == "t":
         row_key = {}
     elif key is not None:
-        row_key = _key(key, table_hints, mode, loads)
+        row_key = _key(key, table_hints, mode, loads, cached)
     else:
         source_row = after if after is not None else before
         assert source_row is not None
@@ -292,15 +323,26 @@ def _fields(struct: Any, where: str) -> dict[str, dict[str, Any]]:
 
 
 def _key(
-    data: bytes, table_hints: TableHints, mode: DecimalMode, loads: Callable[[bytes], Any]
+    data: bytes, table_hints: TableHints, mode: DecimalMode, loads: Callable[[bytes], Any], cached: bool
 ) -> dict[str, Any]:
-    doc = _parse(data, "key", loads)
-    schema, payload = _envelope(doc, "key")
+    plan: _SchemaPlan | None = None
+    hit = _cached_split(data) if cached else None
+    if hit is not None:
+        plan, payload = hit
+        schema: dict[str, Any] | None = plan.schema
+    else:
+        doc = _parse(data, "key", loads)
+        schema, payload = _envelope(doc, "key")
+        if cached and schema is not None:
+            plan = _remember(data, schema)
     if payload is None:
         return {}
     if not isinstance(payload, dict):
         raise PoisonMessageError("bad_envelope", "key", f"expected an object, got {_kind(payload)}")
-    row = _row(payload, schema, table_hints, mode, "key", None)
+    if plan is not None:
+        row = _planned_row(payload, plan, schema, table_hints, mode, "key", None)
+    else:
+        row = _row(payload, schema, table_hints, mode, "key", None)
     assert row is not None
     return row
 
@@ -540,6 +582,240 @@ _SEMANTIC: Final[dict[str, _Semantic]] = {
     "io.debezium.time.NanoTime": lambda v, fs, w: _time_of_day(v, "ns", w),
     "io.debezium.time.ZonedTime": lambda v, fs, w: _iso_time(v, w),
 }
+
+
+# --- Schema cache and conversion plans ----------------------------------------------------------
+
+_SCHEMA_HEAD: Final = b'{"schema":'
+_PAYLOAD_SEP: Final = b',"payload":'
+_HEAD_LEN: Final = len(_SCHEMA_HEAD)
+_SEP_LEN: Final = len(_PAYLOAD_SEP)
+_DEFAULT_CACHE_SIZE: Final = 256
+
+_Conv = Callable[[Any, "ColumnHint | None"], Any]
+_RowPlan = dict[str, tuple[_Conv, bool]]   # column -> (converter, whether it reads the column's hint)
+
+
+class _SchemaPlan:
+    """One cached schema: the parsed schema and, built on first use, its fields and row plans."""
+
+    __slots__ = ("_envelope", "_rows", "index_key", "prefix", "schema")
+
+    def __init__(self, schema: dict[str, Any], prefix: bytes, index_key: tuple[int, bytes]) -> None:
+        self.schema = schema
+        self.prefix = prefix            # the message bytes before `,"payload":`
+        self.index_key = index_key
+        self._envelope: dict[str, dict[str, Any]] | None = None
+        self._rows: dict[str, _RowPlan] = {}
+
+    def envelope_fields(self) -> dict[str, dict[str, Any]]:
+        fields = self._envelope
+        if fields is None:   # raises as the uncached path does, each time, for a bad schema
+            fields = self._envelope = _fields(self.schema, "value.schema")
+        return fields
+
+    def row_plan(self, struct: dict[str, Any], where: str) -> _RowPlan:
+        # `where` names the struct: value.payload.before/after (envelope fields) or key (the key schema)
+        plan = self._rows.get(where)
+        if plan is None:
+            plan = self._rows[where] = _compile_row(struct, where)
+        return plan
+
+
+# The LRU owns the plans (by their whole prefix); the index finds a message's candidates by the prefix's
+# length and last bytes, so that a lookup neither copies nor hashes kilobytes of schema.
+_lru: OrderedDict[bytes, _SchemaPlan] = OrderedDict()
+_index: dict[tuple[int, bytes], list[_SchemaPlan]] = {}
+_cache_max: int = _DEFAULT_CACHE_SIZE
+_TAIL: Final = 64
+
+
+def configure_schema_cache(max_entries: int = _DEFAULT_CACHE_SIZE) -> None:
+    """Keep up to `max_entries` schemas (LRU); 0 turns the cache off (every message fully parsed)."""
+    global _cache_max
+    if max_entries < 0:
+        raise ValueError("max_entries must be >= 0")
+    _cache_max = max_entries
+    _evict()
+
+
+def clear_schema_cache() -> None:
+    _lru.clear()
+    _index.clear()
+
+
+def schema_cache_size() -> int:
+    return len(_lru)
+
+
+def _evict() -> None:
+    with contextlib.suppress(KeyError, ValueError):   # another thread evicting the same entry
+        while len(_lru) > _cache_max:
+            _, old = _lru.popitem(last=False)
+            plans = _index[old.index_key]
+            plans.remove(old)
+            if not plans:
+                del _index[old.index_key]
+
+
+def _index_key(data: bytes, at: int) -> tuple[int, bytes]:
+    return at, data[max(at - _TAIL, 0) : at]
+
+
+def _lookup(data: bytes, at: int) -> _SchemaPlan | None:
+    plans = _index.get(_index_key(data, at))
+    if plans:
+        for plan in plans:
+            if data.startswith(plan.prefix):   # the whole prefix, byte for byte
+                return plan
+    return None
+
+
+def _cached_split(data: bytes) -> tuple[_SchemaPlan, Any] | None:
+    """(plan, parsed payload) when `data` starts with a cached schema prefix, else None (full parse)."""
+    if not data.startswith(_SCHEMA_HEAD) or not data.endswith(b"}"):
+        return None
+    # The last `,"payload":` is the envelope's unless the payload has a "payload" key; then the first one
+    # is, unless the schema has one. Any position whose prefix equals a cached one is the right split.
+    at = data.rfind(_PAYLOAD_SEP, _HEAD_LEN)
+    if at < 0:
+        return None
+    plan = _lookup(data, at)
+    if plan is None:
+        first = data.find(_PAYLOAD_SEP, _HEAD_LEN, at)
+        if first < 0 or (plan := _lookup(data, first)) is None:
+            return None
+        at = first
+    try:
+        payload = orjson.loads(data[at + _SEP_LEN : -1])
+    except (ValueError, TypeError, RecursionError):
+        return None   # the full parse says what is wrong
+    with contextlib.suppress(KeyError):   # evicted meanwhile: the plan is still valid
+        _lru.move_to_end(plan.prefix)
+    return plan, payload
+
+
+def _remember(data: bytes, schema: dict[str, Any]) -> _SchemaPlan | None:
+    """After a full parse of `data` gave `schema`: cache its prefix if it is exactly that schema."""
+    if not data.startswith(_SCHEMA_HEAD):
+        return None
+    at = data.find(_PAYLOAD_SEP, _HEAD_LEN)
+    if at < 0:
+        return None
+    try:   # one complete JSON value between the head and the separator, and the same schema
+        if orjson.loads(data[_HEAD_LEN:at]) != schema:
+            return None
+    except (ValueError, TypeError, RecursionError):
+        return None   # e.g. a `,"payload":` inside the schema: never cached, always fully parsed
+    prefix = data[:at]
+    known = _lru.get(prefix)
+    if known is not None:
+        return known
+    plan = _SchemaPlan(schema, prefix, _index_key(data, at))
+    _lru[prefix] = plan
+    _index.setdefault(plan.index_key, []).append(plan)
+    _evict()
+    return plan
+
+
+def _planned_row(
+    raw: Any,
+    plan: _SchemaPlan,
+    struct: dict[str, Any] | None,
+    table_hints: TableHints,
+    mode: DecimalMode,
+    where: str,
+    dropped: set[str] | None,
+) -> dict[str, Any] | None:
+    """`_row` with the struct's per-field converters built once per schema."""
+    if raw is None:
+        return None
+    if struct is None:
+        return _row(raw, None, table_hints, mode, where, dropped)
+    if not isinstance(raw, dict):
+        raise PoisonMessageError("bad_envelope", where, f"expected an object, got {_kind(raw)}")
+    if not isinstance(struct, dict):
+        _fields(struct, f"{where}(schema)")   # raises, as _row does
+    convs = plan.row_plan(struct, where)
+    hints = table_hints.columns
+    out: dict[str, Any] = {}
+    for col, v in raw.items():
+        if v is None:
+            out[col] = None
+            continue
+        t = type(v)
+        if dropped is not None and (t is str or t is list) and _is_unavailable(v):
+            dropped.add(col)
+            continue
+        conv = convs.get(col)
+        if conv is None:
+            raise PoisonMessageError("bad_envelope", f"{where}.{col}", "column not in the message's schema")
+        fn, hinted = conv
+        out[col] = fn(v, hints.get(col) if hinted else None)
+    return out
+
+
+def _compile_row(struct: dict[str, Any], where: str) -> _RowPlan:
+    fields = _fields(struct, f"{where}(schema)")
+    return {col: _compile_field(fs, f"{where}.{col}") for col, fs in fields.items()}
+
+
+_PLAIN_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    **{t: (int,) for t in _INT_TYPES},
+    **{t: (float, int) for t in _FLOAT_TYPES},
+    "string": (str,),
+    "boolean": (bool,),
+}
+_EPOCH_UNITS: Final[dict[str, TimeUnit]] = {
+    "io.debezium.time.Timestamp": "ms",
+    "org.apache.kafka.connect.data.Timestamp": "ms",
+    "io.debezium.time.MicroTimestamp": "us",
+    "io.debezium.time.NanoTimestamp": "ns",
+}
+
+
+def _compile_field(fs: dict[str, Any], w: str) -> tuple[_Conv, bool]:
+    """A converter equal to `_typed(v, fs, hint, w)`, with what depends only on the schema done once."""
+    name = fs.get("name")
+    if name is not None:
+        semantic = _SEMANTIC.get(name)
+        if semantic is not None:
+            if name == "org.apache.kafka.connect.data.Decimal":
+                params = fs.get("parameters")
+                scale_text = params.get("scale") if isinstance(params, dict) else None
+                if type(scale_text) is str and scale_text.isascii() and scale_text.isdigit():
+                    scale = int(scale_text)
+
+                    def decimal(v: Any, _h: ColumnHint | None) -> Any:
+                        if type(v) is str:
+                            return _unscaled(v, scale, w)
+                        return _precise_decimal(v, fs, w)
+
+                    return decimal, False
+            unit = _EPOCH_UNITS.get(name)
+            if unit is not None:
+                return (lambda v, _h: _from_epoch(v, unit, w)), False
+            if name == "io.debezium.time.ZonedTimestamp":
+                return (lambda v, _h: _iso_timestamp(v, w)), False
+            return (lambda v, _h: semantic(v, fs, w)), False
+    plain = _PLAIN_TYPES.get(fs.get("type"))  # type: ignore[arg-type]
+    if plain is None:
+        return (lambda v, h: _typed(v, fs, h, w)), name is None
+    if name is not None:   # a named plain type (Json, Enum, ...): the hint is never read
+        def named(v: Any, _h: ColumnHint | None) -> Any:
+            return v if type(v) in plain else _typed(v, fs, None, w)
+
+        return named, False
+
+    def unnamed(v: Any, h: ColumnHint | None) -> Any:
+        t = type(v)
+        if t in plain:   # never Decimal: _typed's type check passes, and only the hint is left
+            if h is None or h.kind == "raw":
+                return v
+            return _hinted(v, h, "double" if t is float else "string", w)
+        return _typed(v, fs, h, w)
+
+    return unnamed, True
 
 
 # --- Values without a schema ---------------------------------------------------------------------
