@@ -28,6 +28,7 @@ drain, commit, close, exit 0; a second signal exits at once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -46,7 +47,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTopicPartition
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential, wait_random
 
 from consumer.decode import decode
 from consumer.errors import (
@@ -75,6 +76,10 @@ SUBMIT_WAIT = 0.05
 # Writes are sent every this many rows while a poll's records are decoded, so that Cassandra works while
 # the rest is decoded (rows of one partition within such a slice still share batches).
 FLUSH_ROWS = 256
+# The dead-letter topic takes records up to this size (the broker's default is 1 MiB); a larger one is
+# dead-lettered as its first DEAD_LETTER_EXCERPT_BYTES with headers giving its size and digest.
+DEAD_LETTER_MAX_BYTES = 16 * 1024 * 1024
+DEAD_LETTER_EXCERPT_BYTES = 64 * 1024
 # Seconds between looks for mapped topics that do not exist yet.
 TOPIC_RECHECK = 10.0
 
@@ -304,6 +309,7 @@ class Member:
             try:
                 self._dlq = KafkaProducer(
                     client_id=f"{self.client_id}-dlq", acks="all", linger_ms=0, retries=5,
+                    max_request_size=DEAD_LETTER_MAX_BYTES + 64 * 1024,   # record plus batch overhead
                     **kafka_client_config(self.config.kafka),
                 )
             except kafka_errors.KafkaError as exc:
@@ -311,8 +317,9 @@ class Member:
         return self._dlq
 
     def _ensure_dead_letter_topic(self) -> None:
-        """Create the dead-letter topic (broker defaults) if it does not exist: brokers that do not
-        auto-create topics are common, and a poison message must not wait for an operator."""
+        """Create the dead-letter topic if it does not exist (brokers that do not auto-create topics
+        are common, and a poison message must not wait for an operator), with room for records larger
+        than the broker's 1 MiB default: an oversized message is one of the poisons it must hold."""
         from kafka.admin import KafkaAdminClient
 
         try:
@@ -323,7 +330,8 @@ class Member:
             raise KafkaUnavailableError(f"Kafka admin client: {exc}") from exc
         try:
             if self.cc.dead_letter_topic not in set(admin.list_topics()):
-                admin.create_topics({self.cc.dead_letter_topic: {}}, raise_errors=False)
+                configs = {"max.message.bytes": str(DEAD_LETTER_MAX_BYTES)}
+                admin.create_topics({self.cc.dead_letter_topic: {"configs": configs}}, raise_errors=False)
                 log.info("created the dead-letter topic %s", self.cc.dead_letter_topic)
         except kafka_errors.KafkaError as exc:
             log.warning("could not check or create the dead-letter topic %s: %s",
@@ -334,8 +342,10 @@ class Member:
     # --- retries ---------------------------------------------------------------------------------
 
     def _wait_strategy(self) -> Any:
-        return wait_exponential_jitter(
-            initial=self.cc.retry_backoff_initial_seconds, max=self.cc.retry_backoff_max_seconds
+        # exponential with jitter, spelled so that it means the same in every tenacity 8.2..9.x
+        initial = self.cc.retry_backoff_initial_seconds
+        return wait_exponential(multiplier=initial, max=self.cc.retry_backoff_max_seconds) + wait_random(
+            0, initial
         )
 
     def _retry(self, what: str, fn: Callable[[], Any], sleep: Callable[[float], None] | None = None) -> Any:
@@ -684,13 +694,31 @@ class Member:
                     self.cc.dead_letter_topic, exc)
 
         def send() -> None:
-            try:
-                producer = self._dead_letter_producer()
-                producer.send(self.cc.dead_letter_topic, key=rec.key, value=rec.value, headers=headers).get(
-                    timeout=30
-                )
-            except kafka_errors.KafkaError as err:
-                raise KafkaUnavailableError(f"dead-letter topic {self.cc.dead_letter_topic}: {err}") from err
+            key, value = rec.key, rec.value
+            extra: list[tuple[str, bytes]] = []
+            while True:
+                try:
+                    producer = self._dead_letter_producer()
+                    sent = producer.send(self.cc.dead_letter_topic, key=key, value=value,
+                                         headers=headers + extra)
+                    sent.get(timeout=30)
+                    return
+                except kafka_errors.MessageSizeTooLargeError as err:
+                    if extra:   # even the shortened record is refused: retrying cannot help
+                        raise PermanentError(
+                            f"dead-letter topic {self.cc.dead_letter_topic} refuses a "
+                            f"{_size(key) + _size(value)}-byte record: {err}") from err
+                    # Permanent for this record: dead-letter its beginning, its size and digest; the whole
+                    # record stays readable at its original offset until the topic's retention drops it.
+                    log.warning("%s[%d]@%d is too large for the dead-letter topic (%s); sending its "
+                                "first %d bytes", rec.topic, rec.partition, rec.offset, err,
+                                DEAD_LETTER_EXCERPT_BYTES)
+                    extra = _excerpt_headers(key, value)
+                    key = key[:DEAD_LETTER_EXCERPT_BYTES] if key is not None else None
+                    value = value[:DEAD_LETTER_EXCERPT_BYTES] if value is not None else None
+                except kafka_errors.KafkaError as err:
+                    raise KafkaUnavailableError(
+                        f"dead-letter topic {self.cc.dead_letter_topic}: {err}") from err
 
         self._retry("sending to the dead-letter topic", send)
         self.metrics.count_dead_lettered(origin.table, origin.op)
@@ -898,6 +926,19 @@ async def _drain(member: Member) -> None:
         else:
             member.sink.wait_idle(0.01)
     member._apply_completions()
+
+
+def _size(data: bytes | None) -> int:
+    return 0 if data is None else len(data)
+
+
+def _excerpt_headers(key: bytes | None, value: bytes | None) -> list[tuple[str, bytes]]:
+    return [
+        ("truncated", b"true"),
+        ("original_key_bytes", str(_size(key)).encode()),
+        ("original_value_bytes", str(_size(value)).encode()),
+        ("original_value_sha256", hashlib.sha256(value or b"").hexdigest().encode()),
+    ]
 
 
 def _describe_request(req: Request[Origin]) -> str:

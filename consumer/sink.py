@@ -36,7 +36,7 @@ from cassandra.query import (
     Statement,
     dict_factory,
 )
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
 
 from consumer.errors import PermanentError, SinkUnavailableError
 from pipeline.config import CassandraConfig
@@ -277,7 +277,7 @@ class CassandraSink(Generic[T]):
             for attempt in Retrying(
                 retry=retry_if_exception_type(TRANSIENT_ERRORS),
                 stop=stop_after_attempt(3),
-                wait=wait_exponential_jitter(initial=0.2, max=2.0),
+                wait=wait_exponential(multiplier=0.2, max=2.0) + wait_random(0, 0.2),
                 reraise=True,
             ):
                 with attempt:

@@ -64,7 +64,7 @@ def fake_decode(topic: str, partition: int, offset: int, key: bytes | None, valu
                 hints: Any) -> FakeChange | None:
     if value is None:
         return None  # tombstone
-    if value == b"poison":
+    if value is not None and value.startswith(b"poison"):
         raise PoisonMessageError("not_json", "value", "not JSON").locate(topic, partition, offset)
     if value == b"truncate":
         return FakeChange("trades", "t", None)
@@ -472,3 +472,56 @@ def test_subscribes_to_the_topics_that_exist_and_picks_up_new_ones_later() -> No
     member._subscribe()
     assert consumer.subscriptions[-1] == ["binance.public.klines", TOPIC]
     assert member._missing == []
+
+
+class RefusingProducer(FakeProducer):
+    """Refuses records whose value is larger than `limit`, as kafka-python or the broker does."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.refused = 0
+
+    def send(self, topic: str, key: bytes | None = None, value: bytes | None = None,
+             headers: list[tuple[str, bytes]] | None = None) -> FakeFuture:
+        if value is not None and len(value) > self.limit:
+            import kafka.errors
+
+            self.refused += 1
+            raise kafka.errors.MessageSizeTooLargeError(f"{len(value)} bytes")
+        return super().send(topic, key, value, headers)
+
+
+def test_a_poison_too_large_for_the_dead_letter_topic_is_dead_lettered_as_an_excerpt() -> None:
+    from consumer.app import DEAD_LETTER_EXCERPT_BYTES
+
+    member, sink, consumer, _ = make_member()
+    producer = RefusingProducer(limit=DEAD_LETTER_EXCERPT_BYTES)
+    member._dlq = producer
+    assign(member, consumer, 0)
+    big = b"poison" + b"x" * (3 * 1024 * 1024)
+    recs = [Rec(TOPIC, 0, 0, b"k", big), Rec(TOPIC, 0, 1, b"k", b"c:a")]
+    member._handle({KTP(TOPIC, 0): recs})
+    member._send_backlog()
+    assert producer.refused == 1   # refused once, never retried as if Kafka were down
+    (sent,) = producer.sent
+    assert sent["value"] == big[:DEAD_LETTER_EXCERPT_BYTES]
+    h = sent["headers"]
+    assert h["truncated"] == b"true" and h["original_value_bytes"] == str(len(big)).encode()
+    assert h["original_offset"] == b"0" and h["original_topic"] == TOPIC.encode()
+    import hashlib
+
+    assert h["original_value_sha256"] == hashlib.sha256(big).hexdigest().encode()
+    sink.complete_all()
+    member._apply_completions()
+    assert member.tracker.to_commit() == {TopicPartition(TOPIC, 0): 2}
+
+
+def test_a_dead_letter_topic_refusing_even_the_excerpt_is_a_permanent_error() -> None:
+    from consumer.errors import PermanentError
+
+    member, _sink, consumer, _ = make_member()
+    member._dlq = RefusingProducer(limit=10)
+    assign(member, consumer, 0)
+    with pytest.raises(PermanentError, match="refuses"):
+        member._handle({KTP(TOPIC, 0): [Rec(TOPIC, 0, 0, b"k", b"poison" + b"x" * 100_000)]})
