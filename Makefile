@@ -24,13 +24,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-.env:
-	@echo "creating .env with random passwords (see .env.example)"
-	@umask 077; { \
-	  echo "POSTGRES_PASSWORD=$$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')"; \
-	  echo "PRODUCER_PASSWORD=$$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')"; \
-	  echo "DEBEZIUM_PASSWORD=$$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')"; \
-	} > .env
+# Remade when the script is newer: a .env from before a password was added gains it (make then rereads it).
+.env: infra/ensure-env.sh
+	@bash infra/ensure-env.sh .env
 
 install: $(VENV)/.installed .env ## Create the virtualenv with every dependency, and .env
 

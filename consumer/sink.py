@@ -67,6 +67,16 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT_ERRORS)
 
 
+def _login_refused(exc: BaseException) -> bool:
+    """Every node answered, and refused the credentials (the driver wraps that in NoHostAvailable)."""
+    if isinstance(exc, cassandra.AuthenticationFailed):
+        return True
+    if not isinstance(exc, NoHostAvailable):
+        return False
+    errors: dict[Any, BaseException] = getattr(exc, "errors", None) or {}
+    return bool(errors) and all(isinstance(e, cassandra.AuthenticationFailed) for e in errors.values())
+
+
 class WriteLike(Protocol):
     """What the sink needs of a `consumer.mapping.Write`."""
 
@@ -187,16 +197,23 @@ class CassandraSink(Generic[T]):
         """Open the session (one attempt); SinkUnavailableError while Cassandra cannot be reached."""
         if self._session is not None:
             return
-        cluster = self._build_cluster()
+        try:
+            cluster = self._build_cluster()
+        except cassandra.UnresolvableContactPoints as exc:   # DNS may not know them yet (compose start)
+            raise SinkUnavailableError(
+                f"Cassandra contact points {', '.join(self.config.contact_points)} do not resolve") from exc
         try:
             self._session = cluster.connect()
-        except (NoHostAvailable, OSError, cassandra.OperationTimedOut) as exc:
+        except (NoHostAvailable, OSError, cassandra.OperationTimedOut, cassandra.AuthenticationFailed) as exc:
             cluster.shutdown()
             where = f"{','.join(self.config.contact_points)}:{self.config.port}"
+            if _login_refused(exc):   # retrying cannot help: the credentials are wrong or missing
+                user = self.config.username
+                who = f"role {user!r}" if user else "a login without credentials"
+                raise PermanentError(
+                    f"Cassandra {where} refused {who}: check cassandra.username and cassandra.password "
+                    f"(CASSANDRA_PASSWORD): {exc}") from exc
             raise SinkUnavailableError(f"Cassandra {where}: {exc}") from exc
-        except cassandra.AuthenticationFailed as exc:
-            cluster.shutdown()
-            raise PermanentError(f"Cassandra authentication failed: {exc}") from exc
         self._cluster = cluster
         log.info("connected to Cassandra %s:%d (dc %s)", ",".join(self.config.contact_points),
                  self.config.port, self.config.local_datacenter)

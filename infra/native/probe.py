@@ -2,7 +2,7 @@
 """Readiness probes that need nothing beyond the standard library.
 
     probe.py kafka [HOST:PORT]   exit 0 once the broker lists itself in a Metadata answer
-    probe.py cql   [HOST:PORT]   exit 0 once a CQL session opens and answers a query
+    probe.py cql   [HOST:PORT]   exit 0 once a CQL session opens and answers a query (or asks for a login)
     probe.py connect [HOST:PORT] exit 0 once Connect's REST API lists the Debezium PostgreSQL plugin
 
 A bare TCP connect is not enough: both servers accept connections before
@@ -61,6 +61,8 @@ def cql_ready(host, port):
     with socket.create_connection((host, port), timeout=5) as sock:
         sock.sendall(_cql_frame(0x01, startup))
         opcode, _ = _cql_read(sock)
+        if opcode == 0x03:  # AUTHENTICATE: the node serves CQL and wants a login (PasswordAuthenticator)
+            return True
         if opcode != 0x02:  # READY
             return False
         sock.sendall(_cql_frame(0x07, query_body))

@@ -270,7 +270,7 @@ start_postgres() {
 # Passwords come from the environment, else from the repo's .env (as `make` exports it).
 load_passwords() {
   local name line
-  for name in POSTGRES_PASSWORD PRODUCER_PASSWORD DEBEZIUM_PASSWORD; do
+  for name in POSTGRES_PASSWORD PRODUCER_PASSWORD DEBEZIUM_PASSWORD CASSANDRA_PASSWORD; do
     [[ -n ${!name:-} || ! -f $REPO_DIR/.env ]] && continue
     line=$(grep -E "^[[:space:]]*$name=" "$REPO_DIR/.env" | tail -n1 || true)
     [[ -n $line ]] && export "$name=${line#*=}"
@@ -348,6 +348,11 @@ start_connect() {
     -cp "$LIB_DIR/connect/*" org.apache.kafka.connect.cli.ConnectDistributed "$CONF/connect-distributed.properties"
 }
 
+# Password authentication, set exactly as the compose stack sets it (JVM_EXTRA_OPTS there; a test holds
+# the two equal): Cassandra 4.1+ reads cassandra.settings.<key> system properties over cassandra.yaml.
+# No superuser setup delay, so apply_cql.py can create the pipeline's role as soon as CQL answers.
+CASSANDRA_SETTINGS="-Dcassandra.settings.authenticator=PasswordAuthenticator -Dcassandra.superuser_setup_delay_ms=0"
+
 start_cassandra() {
   render cassandra.yaml
   cp "$NATIVE_DIR/conf/logback.xml" "$CONF/logback.xml"
@@ -356,7 +361,7 @@ start_cassandra() {
   jamm=$(compgen -G "$LIB_DIR/cassandra/jamm-*.jar" | head -n1) || die "jamm jar missing from $LIB_DIR/cassandra"
   mapfile -t opts < <(grep -E '^-' "$NATIVE_DIR/conf/cassandra-jvm.options")
   launch cassandra "$CASSANDRA_JAVA" -Dnative.stack.service=cassandra -Xms256m -Xmx"$CASSANDRA_HEAP" \
-    "${opts[@]}" -javaagent:"$jamm" \
+    "${opts[@]}" -javaagent:"$jamm" $CASSANDRA_SETTINGS \
     -Dcassandra.config="file://$CONF/cassandra.yaml" \
     -Dlogback.configurationFile="$CONF/logback.xml" \
     -Dcassandra.logdir="$LOGS" -Dcassandra.storagedir="$DATA/cassandra" \
@@ -376,6 +381,8 @@ start_jvm() {
 
 apply_cql() {
   [[ -f $CASSANDRA_INIT_CQL ]] || return 0
+  load_passwords   # CASSANDRA_PASSWORD: apply_cql.py logs in with it (creating the role on a new node)
+  [[ -n ${CASSANDRA_PASSWORD:-} ]] || die "CASSANDRA_PASSWORD must be set (in the environment or $REPO_DIR/.env)"
   "$PYTHON" "$NATIVE_DIR/apply_cql.py" --wait 30 "$CASSANDRA_INIT_CQL" || die "applying $CASSANDRA_INIT_CQL failed"
 }
 

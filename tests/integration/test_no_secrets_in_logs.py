@@ -1,9 +1,9 @@
 """No configured password ever shows: not in the producer's DEBUG log, not in what the `pipeline` tools
 print, not in a config error, not in the native stack's logs, not in the repository.
 
-The passwords are PRODUCER_PASSWORD, DEBEZIUM_PASSWORD and POSTGRES_PASSWORD (the environment, or .env:
-random per checkout). A leak is reported by variable name and place, with the value masked, so a failing
-run does not leak it into the test report in turn.
+The passwords are PRODUCER_PASSWORD, DEBEZIUM_PASSWORD, POSTGRES_PASSWORD and CASSANDRA_PASSWORD (the
+environment, or .env: random per checkout). A leak is reported by variable name and place, with the
+value masked, so a failing run does not leak it into the test report in turn.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_PATH = ROOT / "config" / "pipeline.yaml"
-PASSWORD_VARS = ("PRODUCER_PASSWORD", "DEBEZIUM_PASSWORD", "POSTGRES_PASSWORD")
+PASSWORD_VARS = ("PRODUCER_PASSWORD", "DEBEZIUM_PASSWORD", "POSTGRES_PASSWORD", "CASSANDRA_PASSWORD")
 MASK = "******"
 # Where the native stack logs (infra/native/stack.sh): its own directory, and PostgreSQL's cluster log.
 STACK_LOGS = ROOT / ".stack" / "logs"
