@@ -349,9 +349,10 @@ start_connect() {
 }
 
 # Password authentication, set exactly as the compose stack sets it (JVM_EXTRA_OPTS there; a test holds
-# the two equal): Cassandra 4.1+ reads cassandra.settings.<key> system properties over cassandra.yaml.
+# the two equal): Cassandra 4.1+ reads cassandra.settings.<key> system properties over cassandra.yaml
+# once cassandra.config.allow_system_properties is true (it is false by default).
 # No superuser setup delay, so apply_cql.py can create the pipeline's role as soon as CQL answers.
-CASSANDRA_SETTINGS="-Dcassandra.settings.authenticator=PasswordAuthenticator -Dcassandra.superuser_setup_delay_ms=0"
+CASSANDRA_SETTINGS="-Dcassandra.config.allow_system_properties=true -Dcassandra.settings.authenticator=PasswordAuthenticator -Dcassandra.superuser_setup_delay_ms=0"
 
 start_cassandra() {
   render cassandra.yaml
