@@ -46,7 +46,7 @@ def pipeline_hints() -> DecodeHints | None:
         from consumer.mapping import build_mappings, parse_cql
         from pipeline.config import load
 
-        config = load(ROOT / "config" / "pipeline.yaml", {"PRODUCER_PASSWORD": "p", "DEBEZIUM_PASSWORD": "d"})
+        config = load(ROOT / "config" / "pipeline.yaml", {"PRODUCER_PASSWORD": "p", "DEBEZIUM_PASSWORD": "d", "CASSANDRA_PASSWORD": "c"})
         cql = parse_cql((ROOT / "infra" / "cassandra-init.cql").read_text())
         hints: Any = build_mappings(config, cql).decode_hints
         return hints  # type: ignore[no-any-return]

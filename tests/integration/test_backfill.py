@@ -204,6 +204,7 @@ def cli(rig: Rig, pg_config: PipelineConfig, *args: str) -> subprocess.Completed
         {
             "PRODUCER_PASSWORD": env.get("PRODUCER_PASSWORD") or "unused",
             "DEBEZIUM_PASSWORD": env.get("DEBEZIUM_PASSWORD") or "unused",
+            "CASSANDRA_PASSWORD": env.get("CASSANDRA_PASSWORD") or "unused",
             "PIPELINE__POSTGRES__HOST": pg.host,
             "PIPELINE__POSTGRES__PORT": str(pg.port),
             "PIPELINE__POSTGRES__DBNAME": pg.dbname,

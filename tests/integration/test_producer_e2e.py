@@ -401,6 +401,7 @@ def cli_env(pg_config: PipelineConfig, base_url: str, symbols: Sequence[str], **
         {
             "PRODUCER_PASSWORD": env.get("PRODUCER_PASSWORD") or "unused",
             "DEBEZIUM_PASSWORD": env.get("DEBEZIUM_PASSWORD") or "unused",
+            "CASSANDRA_PASSWORD": env.get("CASSANDRA_PASSWORD") or "unused",
             "PIPELINE__POSTGRES__HOST": pg.host,
             "PIPELINE__POSTGRES__PORT": str(pg.port),
             "PIPELINE__POSTGRES__DBNAME": pg.dbname,

@@ -17,7 +17,7 @@ from pipeline.config import ConfigError, PipelineConfig, load
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((ROOT / "config" / "pipeline.yaml").read_text())
-ENV = {"PRODUCER_PASSWORD": "x", "DEBEZIUM_PASSWORD": "y"}
+ENV = {"PRODUCER_PASSWORD": "x", "DEBEZIUM_PASSWORD": "y", "CASSANDRA_PASSWORD": "z"}
 
 
 def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

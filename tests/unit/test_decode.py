@@ -36,7 +36,7 @@ from pipeline.config import load
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_SAMPLES = ROOT.parent / "shared" / "samples" / "debezium"
 FIXTURES = ROOT / "tests" / "fixtures" / "debezium"
-ENV = {"PRODUCER_PASSWORD": "p", "DEBEZIUM_PASSWORD": "d"}
+ENV = {"PRODUCER_PASSWORD": "p", "DEBEZIUM_PASSWORD": "d", "CASSANDRA_PASSWORD": "c"}
 
 
 # --- Building messages ---------------------------------------------------------------------------

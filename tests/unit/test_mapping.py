@@ -35,7 +35,7 @@ from pipeline.schema import ConfigError, build
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "debezium"
-ENV = {"PRODUCER_PASSWORD": "p", "DEBEZIUM_PASSWORD": "d"}
+ENV = {"PRODUCER_PASSWORD": "p", "DEBEZIUM_PASSWORD": "d", "CASSANDRA_PASSWORD": "c"}
 CQL = parse_cql((ROOT / "infra" / "cassandra-init.cql").read_text())
 
 
