@@ -25,6 +25,7 @@ from consumer import decode as decode_module  # noqa: E402
 from consumer.decode import DecodeHints, decode  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "debezium"
+PASSWORDS = {"PRODUCER_PASSWORD": "p", "DEBEZIUM_PASSWORD": "d", "CASSANDRA_PASSWORD": "c"}
 
 
 def load_records() -> list[tuple[str, int, int, bytes | None, bytes | None]]:
@@ -46,7 +47,7 @@ def pipeline_hints() -> DecodeHints | None:
         from consumer.mapping import build_mappings, parse_cql
         from pipeline.config import load
 
-        config = load(ROOT / "config" / "pipeline.yaml", {"PRODUCER_PASSWORD": "p", "DEBEZIUM_PASSWORD": "d", "CASSANDRA_PASSWORD": "c"})
+        config = load(ROOT / "config" / "pipeline.yaml", PASSWORDS)
         cql = parse_cql((ROOT / "infra" / "cassandra-init.cql").read_text())
         hints: Any = build_mappings(config, cql).decode_hints
         return hints  # type: ignore[no-any-return]

@@ -13,7 +13,9 @@ from pipeline.config import ConfigError, PipelineConfig, Secret, load, to_plain
 from pipeline.schema import build
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {"PRODUCER_PASSWORD": "p-secret-1", "DEBEZIUM_PASSWORD": "d-secret-2", "CASSANDRA_PASSWORD": "c-secret-3"}
+ENV = {
+    "PRODUCER_PASSWORD": "p-secret-1", "DEBEZIUM_PASSWORD": "d-secret-2", "CASSANDRA_PASSWORD": "c-secret-3"
+}
 
 
 def write(tmp_path: Path, data: object) -> Path:

@@ -27,7 +27,9 @@ from pipeline.connector import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {"PRODUCER_PASSWORD": "p-secret-1", "DEBEZIUM_PASSWORD": "d-secret-2", "CASSANDRA_PASSWORD": "c-secret-3"}
+ENV = {
+    "PRODUCER_PASSWORD": "p-secret-1", "DEBEZIUM_PASSWORD": "d-secret-2", "CASSANDRA_PASSWORD": "c-secret-3"
+}
 
 
 def config_from(tmp_path: Path, data: dict[str, Any], env: dict[str, str] | None = None) -> PipelineConfig:

@@ -29,7 +29,8 @@ from consumer.mapping import TableMapper, Write, build_mappings, parse_cql
 from pipeline.config import load
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = load(ROOT / "config" / "pipeline.yaml", {"PRODUCER_PASSWORD": "p", "DEBEZIUM_PASSWORD": "d", "CASSANDRA_PASSWORD": "c"})
+CONFIG = load(ROOT / "config" / "pipeline.yaml",
+              {"PRODUCER_PASSWORD": "p", "DEBEZIUM_PASSWORD": "d", "CASSANDRA_PASSWORD": "c"})
 MAPPINGS = build_mappings(CONFIG, parse_cql((ROOT / "infra" / "cassandra-init.cql").read_text()))
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Row = dict[str, Any]
