@@ -183,16 +183,7 @@ def _decode(
     loads: Callable[[bytes], Any],
     cached: bool,
 ) -> Change | None:
-    plan: _SchemaPlan | None = None
-    hit = _cached_split(value) if cached else None
-    if hit is not None:
-        plan, payload = hit
-        schema: dict[str, Any] | None = plan.schema
-    else:
-        doc = _parse(value, "value", loads)
-        schema, payload = _envelope(doc, "value")
-        if cached and schema is not None:
-            plan = _remember(value, schema)
+    plan, schema, payload = _split(value, "value", loads, cached)
     if payload is None:                                   # JSON null, or schema + null payload
         return None
     if not isinstance(payload, dict):
@@ -322,19 +313,23 @@ def _fields(struct: Any, where: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _key(
-    data: bytes, table_hints: TableHints, mode: DecimalMode, loads: Callable[[bytes], Any], cached: bool
-) -> dict[str, Any]:
-    plan: _SchemaPlan | None = None
+def _split(
+    data: bytes, where: str, loads: Callable[[bytes], Any], cached: bool
+) -> tuple[_SchemaPlan | None, dict[str, Any] | None, Any]:
+    """(cached plan or None, schema, payload) of a key or value: from the schema cache when its bytes
+    start with a known schema, else by a full parse (which then teaches the cache)."""
     hit = _cached_split(data) if cached else None
     if hit is not None:
         plan, payload = hit
-        schema: dict[str, Any] | None = plan.schema
-    else:
-        doc = _parse(data, "key", loads)
-        schema, payload = _envelope(doc, "key")
-        if cached and schema is not None:
-            plan = _remember(data, schema)
+        return plan, plan.schema, payload
+    schema, payload = _envelope(_parse(data, where, loads), where)
+    return (_remember(data, schema) if cached and schema is not None else None), schema, payload
+
+
+def _key(
+    data: bytes, table_hints: TableHints, mode: DecimalMode, loads: Callable[[bytes], Any], cached: bool
+) -> dict[str, Any]:
+    plan, schema, payload = _split(data, "key", loads, cached)
     if payload is None:
         return {}
     if not isinstance(payload, dict):
