@@ -17,6 +17,10 @@ psql_admin -d "$scratch" -v ON_ERROR_STOP=1 -f infra/init-db.sql >/dev/null
 echo "== producer load path: klines into PostgreSQL"
 PIPELINE__POSTGRES__DBNAME=$scratch "$PY" bench/load_klines.py "$@"
 
+echo "== consumer: decoding captured Debezium messages (no services)"
+"$PY" bench/decode_micro.py
+"$PY" bench/decode_micro.py --no-cache
+
 if [[ -f bench/consumer_throughput.py ]]; then
   echo "== consumer: drain throughput, raw Cassandra ceiling, end-to-end latency"
   "$PY" bench/consumer_throughput.py
