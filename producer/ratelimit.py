@@ -40,7 +40,7 @@ TRADES = "/api/v3/trades"
 KLINES = "/api/v3/klines"
 TICKER_24HR = "/api/v3/ticker/24hr"
 
-# Weights of single-symbol calls, from Binance's spot API docs (see /work/shared/samples/binance/SOURCES.md).
+# Weights of single-symbol calls, from Binance's spot API docs (see tests/fixtures/binance/SOURCES.md).
 _FIXED_WEIGHTS = {TICKER_PRICE: 2, TRADES: 25, KLINES: 2, TICKER_24HR: 2}
 # Depth costs more the deeper the book asked for: (largest limit of the band, weight), shallowest first.
 _DEPTH_WEIGHTS = ((100, 5), (500, 25), (1000, 50), (5000, 250))

@@ -155,7 +155,7 @@ def main():
         )
     except Exception as exc:  # the driver wraps every cause in its own types
         where = f"{args.host}:{args.port}"
-        print(f"error: cannot reach Cassandra at {where}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"error: Cassandra at {where}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     try:
         for n, statement in enumerate(statements, 1):

@@ -37,7 +37,7 @@ from producer.transform import (
 
 pytestmark = pytest.mark.integration
 
-SAMPLES = Path("/work/shared/samples/binance")
+SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "binance"   # recorded Binance responses
 NOW = datetime.now(UTC).replace(microsecond=123456)
 
 

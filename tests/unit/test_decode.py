@@ -1,6 +1,6 @@
 """consumer.decode: every Debezium encoding the pipeline can meet, on real and hand-built messages.
 
-Real messages: ../shared/samples/debezium/ (two documentation samples) and tests/fixtures/debezium/
+Real messages: tests/fixtures/debezium-docs/ (two documentation samples) and tests/fixtures/debezium/
 (Debezium 3.6.1 output captured from PostgreSQL 15: see its README). Adding a captured file there adds
 it to `test_every_fixture_record_decodes` with nothing else to change.
 """
@@ -34,7 +34,7 @@ from consumer.mapping import build_mappings, parse_cql
 from pipeline.config import load
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED_SAMPLES = ROOT.parent / "shared" / "samples" / "debezium"
+SHARED_SAMPLES = ROOT / "tests" / "fixtures" / "debezium-docs"
 FIXTURES = ROOT / "tests" / "fixtures" / "debezium"
 ENV = {"PRODUCER_PASSWORD": "p", "DEBEZIUM_PASSWORD": "d", "CASSANDRA_PASSWORD": "c"}
 

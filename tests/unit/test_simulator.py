@@ -19,7 +19,7 @@ import requests
 from producer.simulator import SimClock, SimulatorServer, start_simulator
 from producer.simulator_data import ORIGIN_MS, Market, kline_open_time, next_kline_open
 
-SAMPLES = Path("/work/shared/samples/binance")
+SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "binance"   # recorded Binance responses
 REPO = Path(__file__).resolve().parents[2]
 DECIMAL8 = re.compile(r"\d+\.\d{8}")
 NOW_MS = 1_767_225_600_000 + 12_345_678  # a fixed moment (2026-01-01 03:25:45.678 UTC) for model tests

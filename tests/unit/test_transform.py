@@ -32,7 +32,7 @@ from producer.transform import (
     transform_trades,
 )
 
-SAMPLES = Path("/work/shared/samples/binance")
+SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "binance"   # recorded Binance responses
 SEEN = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 
 
