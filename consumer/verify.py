@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -119,10 +119,11 @@ def normalise(value: Any) -> Any:
 
 def _show(value: Any) -> str:
     if isinstance(value, tuple) and len(value) == 2 and value[0] == "ts":
-        try:
-            return datetime.fromtimestamp(value[1] / 1000, UTC).isoformat(timespec="milliseconds")
-        except (OverflowError, ValueError, OSError):
-            return str(value[1])
+        try:   # integer arithmetic: a float of the milliseconds is off by one far from 1970
+            shown = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=value[1])
+            return shown.isoformat(timespec="milliseconds")
+        except OverflowError:
+            return f"{value[1]} ms since 1970"
     if isinstance(value, Decimal):
         return format(value, "f")
     if isinstance(value, date):
@@ -235,15 +236,28 @@ def _pg_rows(
             yield dict(zip(names, row, strict=True))
 
 
-def _cassandra_rows(sink: Any, keyspace: str, table: str, columns: Sequence[str]) -> Iterable[dict[str, Any]]:
+def _cassandra_rows(
+    sink: Any, keyspace: str, table: str, columns: Mapping[str, str]
+) -> Iterable[dict[str, Any]]:
+    """The rows of a Cassandra table, `columns` mapping each name to its CQL type. Timestamps are read as
+    their stored epoch milliseconds: the driver makes datetimes from them through a float, which is off by
+    a millisecond far from 1970 (9999-12-31T23:59:59.999 reads back as .998)."""
     from cassandra.query import SimpleStatement
 
     from consumer.sink import DICT_ROWS
 
-    cols = ", ".join(f'"{c}"' for c in columns)
+    exact = [c for c, t in columns.items() if t == "timestamp"]
+    cols = ", ".join(
+        f'blobAsBigint(timestampAsBlob("{c}")) AS "{c}"' if c in exact else f'"{c}"' for c in columns
+    )
     stmt = SimpleStatement(f'SELECT {cols} FROM "{keyspace}"."{table}"', fetch_size=5000)
     timeout = max(60.0, sink.config.request_timeout_seconds)
-    yield from sink.session.execute(stmt, timeout=timeout, execution_profile=DICT_ROWS)
+    for row in sink.session.execute(stmt, timeout=timeout, execution_profile=DICT_ROWS):
+        for c in exact:
+            ms = row.get(c)
+            if ms is not None:
+                row[c] = ("ts", ms)   # as normalise() gives a datetime
+        yield row
 
 
 def verify(
@@ -272,7 +286,7 @@ def verify(
             for mapper in mappings.mappers:
                 if tables and mapper.mapping.table not in tables:
                     continue
-                columns = list(mapper.cql.columns)
+                columns = dict(mapper.cql.columns)
                 conn.rollback()
                 crows = _cassandra_rows(sink, mapper.keyspace, mapper.target, columns)
                 if symbols:

@@ -376,6 +376,14 @@ def test_snapshot_inserts_updates_deletes_reach_cassandra(e2e: E2E) -> None:
     proc, log = e2e.start("main", PIPELINE__CONSUMER__METRICS_PORT=str(port))
     try:
         _changes(e2e, 5, 2000)
+        # Times far from 1970, where a float of the epoch milliseconds is off by one: written and
+        # compared exactly (truncated to Cassandra's milliseconds), in both directions of the epoch.
+        e2e.sql(*(
+            f"INSERT INTO trades VALUES ('{e2e.symbol}', {900_000 + i}, 1, 1, 1, "
+            f"timestamptz '{t}', true, true)"
+            for i, t in enumerate(("9999-12-31 23:59:59.999999Z", "2255-06-05 23:47:34.740993Z",
+                                   "1969-12-31 23:59:59.999999Z", "1900-01-01 00:00:00.001Z"))
+        ))
         reports = _wait_equal(e2e, [(proc, log)])
     except BaseException:
         _kill(proc)
