@@ -13,7 +13,8 @@ under another name), consumer groups, and its rows in PostgreSQL (symbol BENCH*)
 2. Preload: `--events` change events are produced straight into bench topics (<run>t.public.<table>,
    3 partitions, keyed like Debezium's): the templates' schemas, with payloads for a realistic producer
    mix (order book snapshots of 40 levels and their retention deletes + tombstones, trades, kline
-   updates, price and ticker upserts), each with its own increasing LSN. Not timed.
+   updates, price and ticker upserts), each with its own increasing LSN, compressed with
+   debezium.compression_type as the connector's producer compresses them. Not timed.
 3. Raw ceiling: the same rows (decoded and mapped beforehand, not timed) written by cassandra-driver
    alone: execute_concurrent over bound single-row statements at several concurrencies, and the sink's
    single-partition batches; the best rows/s is the ceiling.
@@ -484,8 +485,11 @@ def main() -> int:
         writes: list[Any] = []
         admin.create_topics({f"{load_prefix}.public.{table}": {"num_partitions": 3, "replication_factor": 1}
                              for table in TABLES})
+        # Compressed as the connector's producer compresses (debezium.compression_type).
+        codec = config.debezium.compression_type
         producer = KafkaProducer(bootstrap_servers=list(config.kafka.bootstrap_servers), acks=1,
-                                 linger_ms=20, batch_size=1 << 20, max_request_size=8 << 20)
+                                 linger_ms=20, batch_size=1 << 20, max_request_size=8 << 20,
+                                 compression_type=None if codec == "none" else codec)
         started = time.perf_counter()
         nbytes = nrecords = 0
         for topic, key, value in messages(workload(), templates, load_prefix, args.events):

@@ -191,6 +191,7 @@ class CassandraSink(Generic[T]):
             connect_timeout=min(10.0, c.request_timeout_seconds),
             control_connection_timeout=min(10.0, c.request_timeout_seconds),
             idle_heartbeat_interval=10,
+            compression=c.compression,
         )
 
     def connect(self) -> None:

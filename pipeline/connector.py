@@ -124,6 +124,9 @@ def connector_config(
         # -- topics Connect creates for the connector (the worker needs topic.creation.enable=true)
         "topic.creation.default.partitions": str(d.topic_partitions),
         "topic.creation.default.replication.factor": "1",
+        # -- how Connect's producer writes them: a per-connector client override, which the worker's
+        #    connector.client.config.override.policy (All, by default since Kafka 3.0) allows
+        "producer.override.compression.type": d.compression_type,
         # -- failure: stop rather than skip a change; the task's trace says why
         "errors.tolerance": "none",
         "errors.log.enable": "true",

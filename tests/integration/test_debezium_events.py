@@ -305,6 +305,48 @@ def test_the_pipeline_connector_runs(stack: PipelineConfig) -> None:
     assert stored["database.password"] == "${env:DEBEZIUM_PASSWORD}", "the password must not be stored"
 
 
+def test_change_topics_are_compressed_as_configured(
+    stack: PipelineConfig, admin: Any, symbol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch holding a new change carries the codec of debezium.compression_type (Connect's producer
+    override took effect), and the consumer's client unpacks it."""
+    from kafka.record.default_records import DefaultRecordBatch
+
+    codecs = {"none": 0, "gzip": 1, "lz4": 3}
+    seen: list[tuple[int, int, int]] = []  # (first offset, last offset, codec) of each batch read
+    unpack = DefaultRecordBatch._maybe_uncompress
+
+    def spy(batch: Any) -> Any:
+        seen.append((batch.base_offset, batch.base_offset + batch.last_offset_delta, batch.compression_type))
+        return unpack(batch)
+
+    topic = f"{stack.debezium.topic_prefix}.{stack.debezium.schema}.latest_prices"
+    reader = TopicReader(stack, topic)
+    try:
+        cur = admin.cursor()
+        who = symbol + "Z"
+        cur.execute("INSERT INTO latest_prices (symbol, price, updated_at) VALUES (%s, %s, %s)",
+                    (who, PRICE, WHEN))
+        cur.execute("DELETE FROM latest_prices WHERE symbol = %s", (who,))
+        created = reader.read(key_is(symbol=who), 1)[0]
+    finally:
+        reader.close()
+    # Fetch that one record again, from its own partition only, watching the batches unpacked.
+    monkeypatch.setattr(DefaultRecordBatch, "_maybe_uncompress", spy)
+    consumer = KafkaConsumer(**kafka_client_options(stack.kafka), group_id=None, enable_auto_commit=False)
+    try:
+        tp = TopicPartition(topic, created.partition)
+        consumer.assign([tp])
+        consumer.seek(tp, created.offset)
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not consumer.poll(timeout_ms=500) and time.monotonic() < deadline:
+            pass
+    finally:
+        consumer.close()
+    batch = [codec for first, last, codec in seen if first <= created.offset <= last]
+    assert batch[:1] == [codecs[stack.debezium.compression_type]], (created, seen)
+
+
 def test_insert_update_delete_give_c_u_d_and_a_tombstone(main_events: MainEvents, symbol: str) -> None:
     create, update, remove, tombstone = main_events.latest
     assert [create.op, update.op, remove.op] == ["c", "u", "d"]

@@ -87,6 +87,17 @@ def test_cassandra_without_login_or_tls_sends_neither(tmp_path: Path) -> None:
         cluster.shutdown()
 
 
+def test_cql_compression_is_off_unless_configured(tmp_path: Path) -> None:
+    # The driver turns lz4 on by itself whenever lz4 is installed, as it is for Kafka.
+    cases = (("cassandra:\n  port: 9042\n", False), ("cassandra:\n  compression: true\n", True))
+    for yaml_text, want in cases:
+        cluster: Any = CassandraSink(_config(tmp_path, yaml_text).cassandra)._build_cluster()
+        try:
+            assert cluster.compression is want
+        finally:
+            cluster.shutdown()
+
+
 def test_a_missing_ca_file_is_an_error_naming_it(tmp_path: Path) -> None:
     config = _config(tmp_path, "cassandra:\n  ssl_cafile: /nonexistent/ca.pem\n")
     with pytest.raises((OSError, ssl.SSLError)):

@@ -71,6 +71,7 @@ def test_project_config_generates_the_expected_connector(project: PipelineConfig
     assert props["key.converter"] == props["value.converter"] == "org.apache.kafka.connect.json.JsonConverter"
     assert props["key.converter.schemas.enable"] == props["value.converter.schemas.enable"] == "true"
     assert props["errors.tolerance"] == "none"
+    assert props["producer.override.compression.type"] == "lz4"
 
 
 def test_every_debezium_knob_lands_in_its_property(tmp_path: Path) -> None:
@@ -81,7 +82,7 @@ def test_every_debezium_knob_lands_in_its_property(tmp_path: Path) -> None:
             "publication_name": "pub_x", "user": "cdc", "decimal_handling_mode": "string",
             "time_precision_mode": "connect", "schema": "data", "tables": ["trades", "klines"],
             "heartbeat_table": "beats", "snapshot_mode": "no_data", "heartbeat_interval_ms": 2500,
-            "topic_partitions": 7, "schemas_enable": False,
+            "topic_partitions": 7, "schemas_enable": False, "compression_type": "gzip",
         },
     })
     props = connector_config(config)
@@ -102,6 +103,7 @@ def test_every_debezium_knob_lands_in_its_property(tmp_path: Path) -> None:
     assert "data.beats" in props["heartbeat.action.query"]
     assert props["topic.creation.default.partitions"] == "7"
     assert props["key.converter.schemas.enable"] == props["value.converter.schemas.enable"] == "false"
+    assert props["producer.override.compression.type"] == "gzip"
 
 
 def test_table_include_list_matches_exactly_the_captured_tables(project: PipelineConfig) -> None:
