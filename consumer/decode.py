@@ -22,6 +22,11 @@ Encodings handled (Debezium 3.x):
   arrays) is dropped from `before`/`after`, and named in `Change.unavailable`, so the row keeps its old
   value downstream.
 
+Keys: a delete's key is read from the record key; a create, read or update takes it from the primary key
+columns of `after` when the hints name them (the consumer's mappings do, from PostgreSQL's catalog), since
+the record key repeats
+exactly those values: one JSON document less to parse per message.
+
 Schema cache: JsonConverter with `schemas.enable=true` repeats the whole schema in every message, and
 parsing it dominates decoding. The bytes before `,"payload":` of a value or key are cached (an LRU of
 `configure_schema_cache(n)` schemas) with the parsed schema and a per-field conversion plan; a message
@@ -43,7 +48,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, NamedTuple, cast
 
 import orjson
 
@@ -80,9 +85,9 @@ _SNAPSHOT_FALSE: Final = frozenset({"false", ""})
 
 # --- Results and hints ---------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One row change (or a truncate) of one captured PostgreSQL table."""
+class Change(NamedTuple):
+    """One row change (or a truncate) of one captured PostgreSQL table. Immutable; a NamedTuple rather
+    than a frozen dataclass because one is made per message, in a quarter of the time."""
 
     topic: str
     partition: int
@@ -97,7 +102,7 @@ class Change:
     schema: str | None = None       # source.schema, the PostgreSQL schema
     snapshot: bool = False          # read during a (initial or incremental) snapshot
     tx_id: int | None = None        # source.txId
-    unavailable: frozenset[str] = field(default_factory=frozenset)  # unchanged-TOAST columns dropped
+    unavailable: frozenset[str] = frozenset()  # unchanged-TOAST columns dropped
 
     @property
     def row(self) -> dict[str, Any] | None:
@@ -118,6 +123,9 @@ class ColumnHint:
 class TableHints:
     columns: Mapping[str, ColumnHint] = field(default_factory=dict)
     key: tuple[str, ...] = ()       # PostgreSQL primary key, to build Change.key when the record has none
+    # `key` was read from PostgreSQL (not guessed from the Cassandra key): creates, reads and updates
+    # then take Change.key from `after` instead of parsing the record key.
+    key_is_primary: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,8 +252,13 @@ def _decode(
         raise PoisonMessageError("bad_envelope", "value.payload.before", "op d without a before row")
 
     row_key: dict[str, Any]
+    pk = table_hints.key
     if op == "t":
         row_key = {}
+    elif (op != "d" and table_hints.key_is_primary and pk and after is not None
+          and all(after.get(c) is not None for c in pk)):
+        # The record key repeats the primary key columns of `after`: take them from there, unparsed.
+        row_key = {c: after[c] for c in pk}
     elif key is not None:
         row_key = _key(key, table_hints, mode, loads, cached)
     else:

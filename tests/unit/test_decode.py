@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Context, Decimal
@@ -934,15 +935,57 @@ def test_captured_type_sample() -> None:
     assert (truncate.table, truncate.key, truncate.before, truncate.after) == ("typesample", {}, None, None)
 
 
-def test_decode_is_fast_enough() -> None:
-    """Not a benchmark: a guard against an accidental slowdown (a schema-full message, ~3 KB)."""
-    import time as clock
+# --- Keys taken from the row -----------------------------------------------------------------------
 
+def pg_primary_keys() -> dict[str, tuple[str, ...]]:
+    """The primary keys infra/init-db.sql declares, as the consumer reads them from PostgreSQL."""
+    sql = (ROOT / "infra" / "init-db.sql").read_text()
+    out: dict[str, tuple[str, ...]] = {}
+    for name, body in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\);", sql, flags=re.S):
+        composite = re.search(r"PRIMARY KEY \(([^)]*)\)", body)
+        single = re.search(r"^\s*(\w+)\s[^,\n]*\bPRIMARY KEY\b", body, flags=re.M)
+        if composite:
+            out[name] = tuple(c.strip() for c in composite.group(1).split(","))
+        elif single:
+            out[name] = (single.group(1),)
+    return out
+
+
+def primary_hints(base: DecodeHints, pks: dict[str, tuple[str, ...]]) -> DecodeHints:
+    tables = {
+        t: TableHints(columns=h.columns, key=pks[t], key_is_primary=True) for t, h in base.tables.items()
+    }
+    return DecodeHints(tables=tables, decimal_mode=base.decimal_mode)
+
+
+def test_a_key_taken_from_after_is_the_record_key() -> None:
+    """Knowing the PostgreSQL primary key, creates, reads and updates take Change.key from `after`
+    without parsing the record key: every captured change decodes exactly as with the key parsed."""
+    pks = pg_primary_keys()
+    assert pks["order_book_levels"] == ("symbol", "last_update_id", "side", "level")
+    assert pks["latest_prices"] == ("symbol",)
     path = next(FIXTURES.glob("captured_schemas-true_precise*.jsonl"))
-    record = next(json.loads(line) for line in path.read_text().splitlines() if "ticker_24hr" in line)
-    key, value = as_bytes(record["key"]), as_bytes(record["value"])
-    start = clock.perf_counter()
-    for i in range(2000):
-        decode(record["topic"], 0, i, key, value)
-    per_message = (clock.perf_counter() - start) / 2000
-    assert per_message < 0.001, f"{per_message * 1e6:.0f} µs a message"
+    parsed_hints = variant_hints(path.name)
+    known = primary_hints(parsed_hints, pks)
+    shortcut = 0
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        args = (r["topic"], r["partition"], r["offset"], as_bytes(r["key"]), as_bytes(r["value"]))
+        fast, full = decode(*args, known), decode(*args, parsed_hints)
+        assert fast == full, (fast, full)
+        shortcut += fast is not None and fast.op in ("c", "r", "u") and fast.table in pks
+    assert shortcut >= 10
+
+
+def test_the_record_key_is_not_parsed_when_after_holds_the_primary_key() -> None:
+    path = next(FIXTURES.glob("captured_schemas-true_precise*.jsonl"))
+    records = [json.loads(x) for x in path.read_text().splitlines()]
+    r = next(r for r in records if r["topic"].endswith(".latest_prices")
+             and r["value"] and json.loads(r["value"])["payload"]["op"] == "c")
+    parsed_hints = variant_hints(path.name)
+    known = primary_hints(parsed_hints, pg_primary_keys())
+    change = decode(r["topic"], 0, 0, b"not json", as_bytes(r["value"]), known)
+    assert change is not None and change.after is not None
+    assert change.key == {"symbol": change.after["symbol"]}
+    with pytest.raises(PoisonMessageError):   # a guessed key: the record key is read, and is poison
+        decode(r["topic"], 0, 0, b"not json", as_bytes(r["value"]), parsed_hints)
