@@ -82,6 +82,8 @@ DEAD_LETTER_MAX_BYTES = 16 * 1024 * 1024
 DEAD_LETTER_EXCERPT_BYTES = 64 * 1024
 # Seconds between looks for mapped topics that do not exist yet.
 TOPIC_RECHECK = 10.0
+# Seconds between updates of the lag gauges when no commit updates them (Cassandra down, idle).
+LAG_EVERY = 5.0
 
 
 def topic_for(config: PipelineConfig, mapping: MappingConfig) -> str:
@@ -131,6 +133,7 @@ class Origin:
     table: str
     op: str
     ts_ms: int | None
+    writes: int = 1   # acknowledgements the record waits for
 
 
 class StopRequested(Exception):
@@ -188,6 +191,7 @@ class Member:
         self._subscribed: list[str] = []
         self._missing: list[str] = []
         self._topics_checked = 0.0
+        self._lag_at = 0.0
         self._listener: Any = None
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -399,6 +403,7 @@ class Member:
             if recs:
                 self.consumer.seek(tp, recs[0].offset)
         self._apply_completions()
+        self._maybe_update_lag()
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -440,6 +445,7 @@ class Member:
                 self._send_backlog()
             self._apply_completions()
             self._maybe_commit()
+            self._maybe_update_lag()
 
     def _handle(self, records: Mapping[Any, Sequence[Any]]) -> None:
         """Decode, map and queue the writes of one poll's records."""
@@ -455,8 +461,16 @@ class Member:
             if state is None:
                 continue  # no longer ours: its new owner reads it from the committed offset
             self._records_seen += len(recs)
+            highest = state.highest
             for rec in recs:
                 offset = rec.offset
+                if highest is not None and offset <= highest:
+                    # Kafka moved the position back (an offset reset after log truncation): these
+                    # offsets are tracked already, and their writes are idempotent.
+                    self._warn_once(f"rewound:{tp}", "%s[%d] went back to offset %d (had %d); records "
+                                    "already received are not applied twice", rec.topic, rec.partition,
+                                    offset, highest)
+                    continue
                 change = None
                 try:
                     change = decode_(rec.topic, rec.partition, offset, rec.key, rec.value, hints)
@@ -464,13 +478,14 @@ class Member:
                         state.register(offset, 0)
                         skipped[rec.topic] += 1
                         continue
-                    consumed[(change.table, change.op)] += 1
                     mapper = mappings.for_change(change)
                     if mapper is None:
-                        self._warn_once(f"unmapped:{change.table}", "changes of unmapped table %s ignored",
-                                        change.table)
+                        self._warn_once(f"unmapped:{rec.topic}", "changes on %s of an unmapped table "
+                                        "ignored", rec.topic)
                         state.register(offset, 0)
                         continue
+                    # Labelled by the mapping's table, never by what a message claims (no label flood).
+                    consumed[(mapper.mapping.table, change.op)] += 1
                     if change.op == "t" and self.cc.truncate == "ignore":
                         self._warn_once(f"truncate:{change.table}",
                                         "TRUNCATE of %s ignored (consumer.truncate: ignore)", change.table)
@@ -480,7 +495,7 @@ class Member:
                 except PoisonMessageError as exc:
                     if exc.topic is None:
                         exc.locate(rec.topic, rec.partition, offset)
-                    table = change.table if change is not None else self._table_of(rec.topic)
+                    table = self._table_of(rec.topic)
                     op = change.op if change is not None else "?"
                     state.register(offset, 1)
                     self._dead_letter(rec, exc, Origin(state, offset, table, op, None))
@@ -494,7 +509,7 @@ class Member:
                     self._truncate(writes[0], state, offset)
                     continue
                 state.register(offset, len(writes))
-                origin = Origin(state, offset, change.table, change.op, change.ts_ms)
+                origin = Origin(state, offset, mapper.mapping.table, change.op, change.ts_ms, len(writes))
                 for write in writes:
                     items.append((write, origin))
                 if len(items) >= FLUSH_ROWS:
@@ -517,6 +532,8 @@ class Member:
             return
         requests, rejected = self._retry("preparing Cassandra statements", lambda: self.sink.build(items))
         self.backlog.extend(requests)
+        # The sink rejects a record once, with none of its writes sent (a key-moving update must not
+        # delete the old row when its new row cannot be written).
         for origin, write, exc in rejected:
             rec = self._find_record(records, origin)
             poison = PoisonMessageError("bad_value", f"{write.keyspace}.{write.table}", str(exc))
@@ -688,6 +705,8 @@ class Member:
             ("original_topic", rec.topic.encode()),
             ("original_partition", str(rec.partition).encode()),
             ("original_offset", str(rec.offset).encode()),
+            # Also the record's key, kept as it came: a header stays with the record if a reader re-keys it.
+            ("original_key", rec.key[:DEAD_LETTER_EXCERPT_BYTES] if rec.key is not None else b""),
             ("consumer_group", self.cc.group_id.encode()),
         ]
         log.warning("poison message %s[%d]@%d -> %s: %s", rec.topic, rec.partition, rec.offset,
@@ -723,7 +742,7 @@ class Member:
         self._retry("sending to the dead-letter topic", send)
         self.metrics.count_dead_lettered(origin.table, origin.op)
         self._dead_lettered += 1
-        origin.state.ack(origin.offset)
+        origin.state.ack(origin.offset, origin.writes)
         self._since_commit += 1
 
     # --- commits ---------------------------------------------------------------------------------
@@ -777,7 +796,12 @@ class Member:
         log.info("commit%s: %.0f events/s, lag %s, offsets %s",
                  f" ({reason})" if reason else "", rate, "?" if lag is None else lag, shown)
 
+    def _maybe_update_lag(self) -> None:
+        if time.monotonic() - self._lag_at >= LAG_EVERY:
+            self._update_lag()
+
     def _update_lag(self) -> int | None:
+        self._lag_at = time.monotonic()
         if self.consumer is None:
             return None
         total, known = 0, False

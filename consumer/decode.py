@@ -47,7 +47,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
 from typing import Any, Final, Literal, NamedTuple, cast
 
 import orjson
@@ -478,6 +478,9 @@ def _variable_decimal(v: Any, fs: dict[str, Any] | None, where: str) -> Decimal:
     return _unscaled(unscaled, scale, where)
 
 
+_EXACT: Final = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+
+
 def _unscaled(text: str, scale: int, where: str) -> Decimal:
     if not -10_000 <= scale <= 10_000:
         raise PoisonMessageError("bad_value", where, f"decimal scale {scale} out of range")
@@ -485,7 +488,9 @@ def _unscaled(text: str, scale: int, where: str) -> Decimal:
     if not raw:
         raise PoisonMessageError("bad_value", where, "empty decimal")
     unscaled = int.from_bytes(raw, "big", signed=True)
-    return Decimal(f"{unscaled}E{-scale}")   # exact: the string constructor never rounds
+    # Exact at any length: scaleb only moves the exponent under this context, and Decimal(int) does not go
+    # through int -> str, which Python refuses past 4,300 digits (an unconstrained numeric can be longer).
+    return Decimal(unscaled).scaleb(-scale, _EXACT)
 
 
 def _b64(text: str, where: str) -> bytes:

@@ -52,6 +52,7 @@ class PoisonMessageError(PermanentError):
         "no_unit",         # an integer time without a schema and without a configured unit
         "unknown_column",  # a column the Cassandra table does not have and the mapping does not ignore
         "no_position",     # no usable source.lsn, so the change cannot be ordered
+        "wrong_table",     # source.table is not the table the record's topic is mapped from
         "undecodable",     # anything else that went wrong while decoding (a bug, or a very odd message)
     })
 

@@ -45,8 +45,8 @@ Why the LSN orders the changes of a row correctly:
   and every change streamed after the snapshot has an LSN of at least L. L - 1 sorts the read after
   everything in it and before everything after it, a change at exactly L included. A row read again by
   a later snapshot (snapshot.mode always or when_needed, an incremental snapshot, a re-created
-  connector) gets that snapshot's larger LSN, newer than every change it reflects: re-reads are as
-  harmless as replays.
+  connector) gets that snapshot's larger LSN, newer than every change it reflects, so a re-read is as
+  harmless as a replay, except for the race in the first limit below, which every snapshot shares.
 - An update that moves a row to another Cassandra key (with REPLICA IDENTITY FULL, e.g. a changed
   trade_time moves a trade to another day) becomes a delete of the old key and an insert of the new
   one, both at t: two different rows.
@@ -54,9 +54,10 @@ Why the LSN orders the changes of a row correctly:
 Limits:
 - A transaction in flight while the connector's snapshot starts, which changed a row before the
   snapshot's LSN and committed after it, is streamed (the snapshot did not see it) with a change LSN
-  below the snapshot's: the snapshot's older version of that row wins. Only rows that existed before
-  can be hit (an update or delete racing the first start of the connector); the row's next change
-  repairs it, but a delete lost this way leaves the row in Cassandra until `make verify` finds it.
+  below the snapshot's: the snapshot's older version of that row wins. Any snapshot can be hit (the
+  first start of the connector, and every later snapshot listed above), and only rows that existed
+  before it; the row's next change repairs it, but a delete lost this way leaves the row in Cassandra
+  until `make verify` finds it: run it after every snapshot.
   (Debezium's events carry each change's LSN, not its transaction's commit LSN, which would avoid this.)
 - LSNs must keep growing for as long as the Cassandra data lives. They do across restarts, crashes,
   failover to a physical standby and pg_upgrade (it carries the WAL position over); they do not for a
@@ -614,8 +615,20 @@ class Mappings:
         self._by_table = {m.mapping.table: m for m in self.mappers}
 
     def for_change(self, change: Change) -> TableMapper | None:
-        """The mapper of a change's topic, else of its source table; None for an unmapped table."""
-        return self._by_topic.get(change.topic) or self._by_table.get(change.table)
+        """The mapper of a change's topic, else of its source table; None for an unmapped table.
+
+        A change whose source.table is not the table its topic is mapped from is poison: writing it to
+        the topic's Cassandra table would put one table's rows into another's."""
+        mapper = self._by_topic.get(change.topic)
+        if mapper is None:
+            return self._by_table.get(change.table)
+        if change.table != mapper.mapping.table:
+            raise PoisonMessageError(
+                "wrong_table", "value.payload.source.table",
+                f"a change of table {change.table[:100]!r} on {change.topic}, which carries "
+                f"{mapper.mapping.table!r}",
+            )
+        return mapper
 
     def map(self, change: Change) -> tuple[Write, ...]:
         """The writes of a change; () for a table no mapping names."""

@@ -127,6 +127,22 @@ class Request(Generic[T]):
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _first_per_origin(
+    rejected: list[tuple[T, WriteLike, Exception]],
+) -> tuple[list[tuple[T, WriteLike, Exception]], set[int]]:
+    """One rejection per origin (by identity; None stands for no origin, each its own), and the ids of
+    the origins whose other writes must not be sent."""
+    seen: set[int] = set()
+    first: list[tuple[T, WriteLike, Exception]] = []
+    for origin, write, exc in rejected:
+        if origin is None:
+            first.append((origin, write, exc))
+        elif id(origin) not in seen:
+            seen.add(id(origin))
+            first.append((origin, write, exc))
+    return first, seen
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -348,17 +364,23 @@ class CassandraSink(Generic[T]):
     ) -> tuple[list[Request[T]], list[tuple[T, WriteLike, Exception]]]:
         """Requests for `items`: rows of one Cassandra partition share unlogged batches of at most
         batch_max_rows; every other row is its own request. Returns (requests, rejected) where rejected
-        are the items whose values cannot be bound (poison). SinkUnavailableError/PermanentError propagate."""
+        are the origins with a write whose values cannot be bound (poison): each such origin once, with
+        the first failure, and none of its writes in the requests (a record is applied whole or not at
+        all). SinkUnavailableError/PermanentError propagate."""
         requests: list[Request[T]] = []
         rejected: list[tuple[T, WriteLike, Exception]] = []
-        groups: dict[tuple[Any, ...], list[tuple[BoundStatement, T]]] = {}
-        single = self.batch_max_rows <= 1
+        bound_items: list[tuple[WriteLike, BoundStatement, T]] = []
         for write, origin in items:
             try:
-                bound = self.bind(write)
+                bound_items.append((write, self.bind(write), origin))
             except ValueError as exc:
                 rejected.append((origin, write, exc))
-                continue
+        if rejected:
+            rejected, failed = _first_per_origin(rejected)
+            bound_items = [item for item in bound_items if id(item[2]) not in failed]
+        groups: dict[tuple[Any, ...], list[tuple[BoundStatement, T]]] = {}
+        single = self.batch_max_rows <= 1
+        for write, bound, origin in bound_items:
             part = None if single else self._partition_of(write)
             if part is None:
                 requests.append(Request(bound, [origin], 1))

@@ -372,6 +372,7 @@ class Poison:
     partition: int
     key: bytes
     value: bytes
+    reason: str          # the error_reason header its dead letter must carry
     offset: int = -1
 
 
@@ -395,16 +396,20 @@ def poison_messages(prefix: str, big_bytes: int) -> list[Poison]:
     wrong_type = _envelope("trades", "c", {"symbol": "POISON", "trade_id": "not-a-number", "price": "1",
                                            "quantity": "1", "quote_quantity": "1", "trade_time": "x",
                                            "is_buyer_maker": True, "is_best_match": True})
-    unknown = _envelope("no_such_table", "c", {"id": 1, "name": "x"})
+    # A trades-shaped row on the trades topic that claims another table (source.table).
+    unknown = _envelope("no_such_table", "c", {"symbol": "POISON", "trade_id": 2, "price": "1",
+                                               "quantity": "1", "quote_quantity": "1",
+                                               "trade_time": "2026-12-04T00:00:00Z",
+                                               "is_buyer_maker": True, "is_best_match": True})
     missing_after = _envelope("latest_prices", "c", None, drop="after")
     big = json.dumps({"schema": None, "payload": "x" * big_bytes}).encode()
     return [
-        Poison("invalid JSON", trades, 0, key, b"{not json"),
-        Poison("wrong type", trades, 1, key, json.dumps(wrong_type).encode()),
-        Poison("unknown table", trades, 2, key, json.dumps(unknown).encode()),
-        Poison(f"{len(big) / 1e6:.1f} MB", trades, 0, key, big),
+        Poison("invalid JSON", trades, 0, key, b"{not json", "not_json"),
+        Poison("wrong type", trades, 1, key, json.dumps(wrong_type).encode(), "bad_value"),
+        Poison("unknown table", trades, 2, key, json.dumps(unknown).encode(), "wrong_table"),
+        Poison(f"{len(big) / 1e6:.1f} MB", trades, 0, key, big, "bad_envelope"),
         Poison("missing after", prices, 0, json.dumps({"symbol": "POISON"}).encode(),
-               json.dumps(missing_after).encode()),
+               json.dumps(missing_after).encode(), "bad_envelope"),
     ]
 
 

@@ -202,6 +202,10 @@ class Scenario:
             "\n".join(_tail(p.log) for p in self.members[-2:])
         assert (r.lost, r.resurrected, r.duplicated) == (0, 0, 0), r
         assert sorted(where) == sorted(expected), f"dead letters {got} != the poison injected {expected}"
+        reasons = {(p.topic, p.partition, p.offset): p.reason for p in self.run.poison}
+        for place, headers in zip(where, got, strict=True):
+            assert headers.get("error_reason") == reasons[place], \
+                f"{place} dead-lettered as {headers.get('error_reason')}: {headers.get('error')}"
         assert r.unexpected_exits == 0, [p.name for p in self.crashed()]
         assert all(c == 0 for c in codes.values()), f"members did not stop cleanly on SIGTERM: {codes}"
         return r

@@ -24,7 +24,7 @@ from kafka.structs import TopicPartition as KTP
 from consumer.app import Member, Origin, topics_for
 from consumer.errors import PoisonMessageError
 from consumer.offsets import TopicPartition
-from consumer.sink import Request
+from consumer.sink import CassandraSink, Request
 from pipeline.config import ConsumerConfig, MappingConfig, PipelineConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,9 +73,10 @@ def fake_decode(topic: str, partition: int, offset: int, key: bytes | None, valu
 
 
 class FakeMapper:
-    """Shaped like consumer.mapping.TableMapper (map) and Mappings (for_change, decode_hints)."""
+    """Shaped like consumer.mapping.TableMapper (map, mapping) and Mappings (for_change, decode_hints)."""
 
     decode_hints = None
+    mapping = MappingConfig(table="trades", target="trades", key=("symbol", "trade_id"))
 
     def for_change(self, change: FakeChange) -> FakeMapper | None:
         return None if change.key == "unmapped" else self
@@ -87,10 +88,13 @@ class FakeMapper:
             return (FakeWrite("binance", "trades", "truncate", {}, {}, 1),)
         if change.key == "twice":
             return (self._write(change, "a"), self._write(change, "b"))
+        if change.key == "twice-unbindable":   # a key-moving update whose new row cannot be bound
+            return (self._write(change, "old", "delete"), self._write(change, "unbindable"),
+                    self._write(change, "unbindable"))
         return (self._write(change, change.key),)
 
-    def _write(self, change: FakeChange, key: str) -> FakeWrite:
-        kind = "delete" if change.op == "d" else "upsert"
+    def _write(self, change: FakeChange, key: str, kind: str | None = None) -> FakeWrite:
+        kind = kind or ("delete" if change.op == "d" else "upsert")
         return FakeWrite("binance", "trades", kind, {"k": key}, {}, 1)
 
 
@@ -105,15 +109,16 @@ class FakeSink:
         self.connected = True
         self.truncated: list[tuple[str, str]] = []
 
+    batch_max_rows = 1   # one request per write: the tests complete them one by one
+
     def build(self, items: Iterable[tuple[Any, Origin]]) -> tuple[list[Request[Origin]], list[Any]]:
-        rejected = []
-        requests = []
-        for write, origin in items:
-            if write.key.get("k") == "unbindable":
-                rejected.append((origin, write, ValueError("bad value")))
-            else:
-                requests.append(Request(statement=None, origins=[origin], rows=1))  # type: ignore[arg-type]
-        return requests, rejected
+        # The real grouping and rejection logic, over this fake's bind.
+        return CassandraSink.build(self, items)  # type: ignore[arg-type]
+
+    def bind(self, write: FakeWrite) -> object:
+        if write.key.get("k") == "unbindable":
+            raise ValueError("bad value")
+        return object()
 
     def submit(self, request: Request[Origin], timeout: float | None = None) -> bool:
         if self.in_flight >= self.capacity:
@@ -307,6 +312,7 @@ def test_poison_from_decode_goes_to_the_dead_letter_topic_with_headers() -> None
     assert h["original_topic"] == TOPIC.encode()
     assert h["original_partition"] == b"2"
     assert h["original_offset"] == b"41"
+    assert h["original_key"] == b"k"
     assert h["error_reason"] == b"not_json"
     assert b"not JSON" in h["error"]
     sink.complete_all()
@@ -326,6 +332,49 @@ def test_poison_from_mapping_and_from_binding_are_dead_lettered_too() -> None:
     sink.complete_all()
     member._apply_completions()
     assert member.tracker.to_commit() == {TopicPartition(TOPIC, 0): 3}
+
+
+def test_a_record_with_an_unbindable_write_is_dead_lettered_once_and_none_of_its_writes_sent() -> None:
+    """A key-moving update (delete the old row, write the new) whose new row cannot be bound must not
+    delete the old row: the record is applied whole or not at all, and dead-lettered once."""
+    member, sink, consumer, producer = make_member()
+    assign(member, consumer, 0)
+    poll(member, 0, [b"u:twice-unbindable", b"c:ok"])
+    assert [p["headers"]["original_offset"] for p in producer.sent] == [b"0"]
+    assert [o.offset for r in sink.sent for o in r.origins] == [1]
+    sink.complete_all()
+    member._apply_completions()
+    assert member.tracker.to_commit() == {TopicPartition(TOPIC, 0): 2}
+
+
+def test_offsets_seen_again_after_kafka_moves_back_are_not_applied_twice() -> None:
+    member, sink, consumer, _ = make_member()
+    assign(member, consumer, 0)
+    poll(member, 0, [b"c:a", b"c:b", b"c:c"], start=10)
+    poll(member, 0, [b"c:b", b"c:c", b"c:d"], start=11)   # a reset to an earlier offset
+    assert [o.offset for r in sink.sent for o in r.origins] == [10, 11, 12, 13]
+    sink.complete_all()
+    member._apply_completions()
+    assert member.tracker.to_commit() == {TopicPartition(TOPIC, 0): 14}
+
+
+def test_lag_gauges_move_while_nothing_is_committed() -> None:
+    member, sink, consumer, _ = make_member()
+    assign(member, consumer, 0)
+    poll(member, 0, [b"c:a"], start=10)
+    sink.complete_all()
+    member._apply_completions()
+    member.tracker.mark_committed(member.tracker.to_commit())
+    member._lag_at = 0.0   # the last update is LAG_EVERY ago
+    member._maybe_update_lag()
+    gauge = member.metrics.lag.labels(topic=TOPIC, partition="0")
+    assert gauge._value.get() == 100 - 11
+    consumer.highwater = lambda tp: 500  # type: ignore[method-assign]
+    member._maybe_update_lag()             # within LAG_EVERY: unchanged
+    assert gauge._value.get() == 89
+    member._lag_at = 0.0
+    member._maybe_update_lag()
+    assert gauge._value.get() == 500 - 11
 
 
 def test_transient_failure_pauses_and_keeps_the_write() -> None:

@@ -695,3 +695,13 @@ def test_every_captured_change_of_a_mapped_table_maps() -> None:
                 )
         mapped += 1
     assert mapped > 80
+
+
+def test_a_change_of_another_table_on_a_mapped_topic_is_poison() -> None:
+    """Routing by topic alone would write a row of `no_such_table` into latest_prices."""
+    mp = mappings()
+    c = change("c", "latest_prices", after={"symbol": "X", "price": Decimal(1)})
+    stray = c._replace(table="no_such_table")
+    with pytest.raises(PoisonMessageError) as info:
+        mp.for_change(stray)
+    assert (info.value.reason, info.value.where) == ("wrong_table", "value.payload.source.table")
