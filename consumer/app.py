@@ -530,7 +530,10 @@ class Member:
     def _flush(self, items: list[tuple[WriteLike, Origin]], records: Mapping[Any, Sequence[Any]]) -> None:
         if not items:
             return
-        requests, rejected = self._retry("preparing Cassandra statements", lambda: self.sink.build(items))
+        try:   # the retry machinery only when needed: this runs every FLUSH_ROWS rows
+            requests, rejected = self.sink.build(items)
+        except TransientError:
+            requests, rejected = self._retry("preparing Cassandra statements", lambda: self.sink.build(items))
         self.backlog.extend(requests)
         # The sink rejects a record once, with none of its writes sent (a key-moving update must not
         # delete the old row when its new row cannot be written).
