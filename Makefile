@@ -33,11 +33,14 @@ install: $(VENV)/.installed .env ## Create the virtualenv with every dependency,
 up: install ## Start the whole stack: Docker Compose with a Docker engine, else the native stack
 	@bash infra/up.sh
 
+# down, status, logs and wipe act on the stack `make up` recorded (.stack/mode); STACK= overrides it.
 down: ## Stop the stack (data is kept)
 	@bash infra/up.sh down
 
+# The stack's own view (processes or containers), then the services as the pipeline sees them; exit 1
+# if either finds something down, after both have been printed.
 status: install ## Each service, the connector and its task, slot lag, topic offsets
-	@$(PY) -m pipeline.status --config $(CONFIG)
+	@rc=0; bash infra/up.sh status || rc=1; $(PY) -m pipeline.status --config $(CONFIG) || rc=1; exit $$rc
 
 logs: ## Follow the stack's logs
 	@bash infra/up.sh logs

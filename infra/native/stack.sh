@@ -455,6 +455,8 @@ cmd_up() {
     sel=$SEL
   fi
   mkdir -p "$DATA" "$LOGS" "$RUN" "$CONF"
+  # What `make down`, `make logs` and `make wipe` act on (infra/up.sh), also when the tests start us.
+  echo native >"$STACK_DIR/mode"
   if [[ $sel != postgres ]]; then
     find_java
     fetch_jars
@@ -552,6 +554,7 @@ cmd_wipe() {
   # Everything wiped: take the rest of the runtime state too.
   if [[ ${ALL_SERVICES[*]} == "$sel" ]]; then
     rm -rf "${DATA:?}" "${RUN:?}" "${CONF:?}" "${LOGS:?}"
+    if [[ -f $STACK_DIR/mode && $(<"$STACK_DIR/mode") == native ]]; then rm -f "$STACK_DIR/mode"; fi
     rmdir "$STACK_DIR" 2>/dev/null || true
   fi
   say "wiped: $sel"

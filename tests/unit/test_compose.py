@@ -418,10 +418,10 @@ def test_up_without_a_docker_engine_runs_the_native_stack_then_registers(tmp_pat
     assert calls[0] == "stack.sh up"
     assert calls[1] == ("python -m pipeline.connector --config config/pipeline.yaml register "
                         "DEBEZIUM_PASSWORD=d-secret-2")
-    for action in ("down", "wipe"):
+    for action in ("down", "status", "wipe"):
         log.unlink()
         proc = run_up(tmp_path, env, action)
-        assert proc.returncode == 0 and proc.stdout.splitlines()[0] == "stack: native (no Docker engine)"
+        assert proc.returncode == 0 and proc.stdout.splitlines()[0] == "stack: native (recorded by make up)"
         assert log.read_text().splitlines() == [f"stack.sh {action}"]
 
 
@@ -429,14 +429,77 @@ def test_up_with_a_docker_engine_runs_compose(tmp_path: Path) -> None:
     log, env = fake_tree(tmp_path, docker_works=True)
     proc = run_up(tmp_path, env)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[0] == "stack: docker compose"
+    assert proc.stdout.splitlines()[0] == "stack: docker compose (Docker engine answers)"
     up = log.read_text().splitlines()[-1]
     assert up.startswith("docker compose -f infra/docker-compose.yml --env-file .env up -d --build --wait")
+    log.unlink()
+    assert run_up(tmp_path, env, "status").returncode == 0
+    assert log.read_text().splitlines()[-1].endswith("--env-file .env ps --all")
     log.unlink()
     assert run_up(tmp_path, env, "wipe").returncode == 0
     assert log.read_text().splitlines()[-1].endswith("down --volumes --remove-orphans")
     log.unlink()
     assert run_up(tmp_path, {**env, "STACK": "native"}, "down").stdout.startswith("stack: native")
+
+
+def mode_file(tmp_path: Path) -> Path:
+    return tmp_path / ".stack" / "mode"
+
+
+def test_down_logs_wipe_and_status_follow_the_stack_up_chose(tmp_path: Path) -> None:
+    """STACK=native make up on a host with Docker: the later commands must not turn to compose."""
+    log, env = fake_tree(tmp_path, docker_works=True)
+    assert run_up(tmp_path, {**env, "STACK": "native"}).returncode == 0
+    assert mode_file(tmp_path).read_text() == "native\n"
+    for action in ("down", "status", "logs", "wipe"):
+        log.unlink(missing_ok=True)
+        proc = run_up(tmp_path, env, action)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[0] == "stack: native (recorded by make up)", action
+        calls = log.read_text().splitlines()
+        assert not [c for c in calls if c.startswith("docker compose")], (action, calls)
+        assert calls[-1] == f"stack.sh {'logs -f' if action == 'logs' else action}"
+    # Wiped: nothing recorded any more, so the next command chooses afresh.
+    assert not mode_file(tmp_path).exists()
+    assert run_up(tmp_path, env, "down").stdout.startswith("stack: docker compose (Docker engine answers)")
+
+
+def test_a_recorded_compose_stack_is_stopped_by_compose_even_without_docker_now(tmp_path: Path) -> None:
+    log, env = fake_tree(tmp_path, docker_works=True)
+    assert run_up(tmp_path, env).returncode == 0
+    assert mode_file(tmp_path).read_text() == "compose\n"
+    _, env_no_docker = fake_tree(tmp_path / "other", docker_works=False)
+    log.unlink()
+    # Docker stopped answering: down still means compose (and fails loudly), never the native stack.
+    proc = run_up(tmp_path, {**env_no_docker, "PY": env["PY"]}, "down")
+    assert proc.stdout.startswith("stack: docker compose (recorded by make up)")
+    assert not log.exists() or not [c for c in log.read_text().splitlines() if c.startswith("stack.sh")]
+
+
+def test_an_explicit_stack_wins_over_the_recorded_one(tmp_path: Path) -> None:
+    log, env = fake_tree(tmp_path, docker_works=True)
+    assert run_up(tmp_path, env).returncode == 0  # compose recorded
+    log.unlink()
+    proc = run_up(tmp_path, {**env, "STACK": "native"}, "down")
+    assert proc.stdout.splitlines()[0] == "stack: native (STACK=native)"
+    assert log.read_text().splitlines() == ["stack.sh down"]
+    assert mode_file(tmp_path).read_text() == "compose\n"  # only `up` records
+
+
+def test_a_garbled_record_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    _, env = fake_tree(tmp_path, docker_works=False)
+    mode_file(tmp_path).parent.mkdir()
+    mode_file(tmp_path).write_text("kubernetes\n")
+    proc = run_up(tmp_path, env, "down")
+    assert proc.returncode != 0
+    assert "mode says 'kubernetes'" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_the_native_stack_records_itself_when_started_directly() -> None:
+    """The tests start the native stack with stack.sh, not up.sh: it records `native` too."""
+    text = (NATIVE / "stack.sh").read_text()
+    up = text[text.index("cmd_up() {"):text.index("cmd_down() {")]
+    assert 'echo native >"$STACK_DIR/mode"' in up
 
 
 def test_up_rejects_an_unknown_action(tmp_path: Path) -> None:
