@@ -175,7 +175,12 @@ ready() {
     postgres) pg_isready -q -h 127.0.0.1 -p "$PG_PORT" ;;
     kafka) "$PYTHON" "$NATIVE_DIR/probe.py" kafka 127.0.0.1:9092 ;;
     connect) "$PYTHON" "$NATIVE_DIR/probe.py" connect 127.0.0.1:8083 ;;
-    cassandra) "$PYTHON" "$NATIVE_DIR/probe.py" cql 127.0.0.1:9042 ;;
+    # A login (CASSANDRA_USER/CASSANDRA_PASSWORD, else the default cassandra/cassandra of a new node)
+    # and a query: with PasswordAuthenticator the node asks for a login before it can serve one.
+    cassandra)
+      load_passwords
+      "$PYTHON" "$NATIVE_DIR/probe.py" cql 127.0.0.1:9042
+      ;;
   esac
 }
 
@@ -184,10 +189,10 @@ running() {
 }
 
 wait_ready() {
-  local svc=$1 deadline=$((SECONDS + READY_TIMEOUT))
-  until ready "$svc" >/dev/null 2>&1; do
+  local svc=$1 deadline=$((SECONDS + READY_TIMEOUT)) said
+  until said=$(ready "$svc" 2>&1); do
     running "$svc" || fail "$svc" "exited during startup"
-    ((SECONDS < deadline)) || fail "$svc" "not ready after ${READY_TIMEOUT}s"
+    ((SECONDS < deadline)) || fail "$svc" "not ready after ${READY_TIMEOUT}s${said:+ (last check: ${said//$'\n'/ })}"
     sleep 1
   done
 }
