@@ -58,12 +58,30 @@ def _run(cmd: list[str], what: str, timeout: float) -> None:
         pytest.fail(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}", pytrace=False)
 
 
+COMPOSE_FILE = "infra/docker-compose.yml"
+
+
+def _compose_running() -> bool:
+    """True when the compose project `make up` uses has running containers (docker compose ps)."""
+    cmd = ["docker", "compose", "-f", COMPOSE_FILE]
+    if (ROOT / ".env").exists():
+        cmd += ["--env-file", ".env"]
+    proc = subprocess.run([*cmd, "ps", "--status", "running", "--quiet"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
+        pytest.fail(f"PIPELINE_TEST_STACK=compose: docker compose ps failed: {' '.join(tail)}", pytrace=False)
+    return bool(proc.stdout.strip())
+
+
 class _Stack:
     """Brings services up once per session, whatever the mode."""
 
     def __init__(self) -> None:
         self.started: set[str] = set()
         self._compose: Any = None
+        # Only a compose stack this session started is stopped by it.
+        self._compose_owned = False
 
     def ensure(self, *services: str) -> None:
         wanted = [s for s in services if s not in self.started]
@@ -82,12 +100,25 @@ class _Stack:
             return
         from testcontainers.compose import DockerCompose
 
-        self._compose = DockerCompose(str(ROOT), compose_file_name="infra/docker-compose.yml", wait=True)
+        # The same project as `make up` (the file's `name:`): its volumes may hold a user's data, so they
+        # are never removed here, and a stack that is already running is reused as it is.
+        self._compose = DockerCompose(
+            str(ROOT), compose_file_name=COMPOSE_FILE, wait=True, keep_volumes=True,
+            # The image of the producer, consumer and one-shot services: built from this checkout.
+            build=True,
+            env_file=".env" if (ROOT / ".env").exists() else None,
+        )
+        if _compose_running():
+            return
+        self._compose_owned = True
         self._compose.start()
 
     def stop(self) -> None:
-        if self._compose is not None:
-            self._compose.stop()
+        if self._compose is None or not self._compose_owned:
+            return
+        # `docker compose down` without --volumes, as `make down`; testcontainers' stop() would add it.
+        subprocess.run([*self._compose.compose_command_property, "down"], cwd=ROOT, capture_output=True,
+                       timeout=300, check=False)
 
 
 _STACK = _Stack()
