@@ -247,6 +247,22 @@ class ConnectClient:
         body = resp.json()
         return body if isinstance(body, dict) else None
 
+    def task_configs(self, name: str) -> list[dict[str, str]] | None:
+        """The raw configs of the connector's tasks (GET /connectors/<name>/tasks), None if unregistered.
+
+        Connect serves these from the herder's own view of the config topic, after it has stopped the
+        tasks whose config changed: new configs here mean the old tasks are gone."""
+        resp = self.request("GET", f"/connectors/{quote(name, safe='')}/tasks", ok=(200, 404))
+        if resp.status_code == 404:
+            return None
+        body = resp.json()
+        if not isinstance(body, list):
+            return []
+        return [
+            {str(k): str(v) for k, v in t["config"].items()}
+            for t in body if isinstance(t, dict) and isinstance(t.get("config"), dict)
+        ]
+
     def action(self, method: str, name: str, action: str = "", ok: Sequence[int] = (200, 202, 204)) -> int:
         path = f"/connectors/{quote(name, safe='')}" + (f"/{action}" if action else "")
         return self.request(method, path, ok=ok).status_code
@@ -305,6 +321,89 @@ def _failure_hint(trace: str, props: Mapping[str, str]) -> str:
 
 # --- Operations ----------------------------------------------------------------------------------
 
+def _connect_as_debezium(config: PipelineConfig) -> Any:
+    """A psycopg2 connection as the connector's own role, to the database Connect reads."""
+    import psycopg2
+
+    pg, d = config.postgres, config.debezium
+    return psycopg2.connect(
+        host=d.database_host or pg.host, port=d.database_port or pg.port, dbname=pg.dbname, user=d.user,
+        password=d.password.reveal(), connect_timeout=pg.connect_timeout_seconds, sslmode=pg.sslmode,
+        application_name="pipeline-connector",
+    )
+
+
+def check_publication(config: PipelineConfig) -> None:
+    """The publication debezium.publication_name exists and covers exactly debezium.tables.
+
+    The connector never creates one (publication.autocreate.mode=disabled): infra/init-db.sql does, for the
+    default names only. Without this check, a renamed publication or a changed table list registers a
+    connector whose task fails later with a trace that names neither YAML key. The heartbeat table may be
+    in the publication too (init-db.sql puts it there, so heartbeats move the slot). Raises ConnectorError.
+    """
+    import psycopg2
+
+    pg, d = config.postgres, config.debezium
+    where = f"{d.database_host or pg.host}:{d.database_port or pg.port}/{pg.dbname}"
+    try:
+        conn = _connect_as_debezium(config)
+    except psycopg2.Error as exc:
+        # libpq repeats its message for each address and sslmode it tried: the first line says it.
+        reason = " ".join((str(exc).strip().splitlines() or [""])[0].split()) or type(exc).__name__
+        raise ConnectorError(
+            f"PostgreSQL at {where} refused or did not answer role {d.user} ({reason}):"
+            " check debezium.user, debezium.password and postgres.host/port"
+        ) from None
+    try:
+        with conn.cursor() as cur:
+            # pg_publication and pg_publication_tables are readable by every role.
+            cur.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", (d.publication_name,))
+            row = cur.fetchone()
+            if row is None:
+                raise ConnectorError(
+                    f"debezium.publication_name: publication {d.publication_name} does not exist in"
+                    f" {where}; create it (CREATE PUBLICATION {d.publication_name} FOR TABLE"
+                    f" {', '.join(f'{d.schema}.{t}' for t in d.tables)}) or set debezium.publication_name to"
+                    " an existing one (infra/init-db.sql creates debezium_binance)"
+                )
+            cur.execute(
+                "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+                (d.publication_name,),
+            )
+            published = {f"{schema}.{table}" for schema, table in cur.fetchall()}
+    except psycopg2.Error as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConnectorError(
+            f"PostgreSQL at {where}: reading publication {d.publication_name}: {reason}"
+        ) from None
+    finally:
+        conn.close()
+    wanted = {f"{d.schema}.{t}" for t in d.tables}
+    missing = sorted(wanted - published)
+    extra = sorted(published - wanted - {f"{d.schema}.{d.heartbeat_table}"})
+    if missing or extra:
+        found = ", ".join(sorted(published)) or "no table"
+        parts = []
+        if missing:
+            parts.append(f"ALTER PUBLICATION {d.publication_name} ADD TABLE {', '.join(missing)}")
+        if extra:
+            parts.append(f"ALTER PUBLICATION {d.publication_name} DROP TABLE {', '.join(extra)}")
+        scope = "FOR ALL TABLES, " if row[0] else ""
+        raise ConnectorError(
+            f"debezium.tables: publication {d.publication_name} ({scope}{found}) does not cover exactly"
+            f" {', '.join(sorted(wanted))}: run {'; '.join(parts)} as a superuser, or change debezium.tables"
+            " (or debezium.publication_name)"
+        )
+
+
+def carries(task_configs: Sequence[Mapping[str, str]] | None, props: Mapping[str, str]) -> bool:
+    """True when there are tasks and every one was generated from `props` (a task's config is the
+    connector's plus keys Connect adds, such as task.class)."""
+    return bool(task_configs) and all(
+        all(cfg.get(k) == v for k, v in props.items()) for cfg in task_configs or ()
+    )
+
+
 def register(
     config: PipelineConfig,
     *,
@@ -312,10 +411,12 @@ def register(
     client: ConnectClient | None = None,
     timeout: float | None = None,
     say: Callable[[str], None] = print,
+    preflight: Callable[[PipelineConfig], None] | None = check_publication,
 ) -> State:
-    """Create or update the connector, then wait until it and its task run. Idempotent.
+    """Create or update the connector, then wait until it and its task run with this config. Idempotent.
 
-    A connector left FAILED, PAUSED or STOPPED is restarted or resumed once. Raises ConnectorError.
+    `preflight` (default: check_publication) checks PostgreSQL before anything is stored. A connector left
+    FAILED, PAUSED or STOPPED is restarted or resumed once. Raises ConnectorError.
     """
     d = config.debezium
     name = d.connector_name
@@ -330,26 +431,42 @@ def register(
             f"Kafka Connect {version} at {client.url} has no {CONNECTOR_CLASS} plugin"
             " (is Debezium's PostgreSQL connector on its plugin.path?)"
         )
+    if preflight is not None:
+        preflight(config)
     # Validate first: for an invalid config, PUT .../config answers with an HTTP 500 (a NullPointerException
     # in Connect 4.3 formatting Debezium 3.6's answer) instead of the errors.
     problems = client.validate(name, props)
     if problems:
         listed = "; ".join(problems)
         raise ConnectorError(f"connector {name}: config rejected: {listed}" + _failure_hint(listed, props))
+    # A changed config restarts the connector and then its task asynchronously: until the task runs the
+    # new config, the status Connect reports still describes the old one (RUNNING, or FAILED).
+    changed = not carries(client.task_configs(name), props)
     created = client.put_config(name, props)
-    what = "created" if created else "config updated"
+    what = "created" if created else "config updated" if changed else "config unchanged"
     say(f"connector {name} {what} on Kafka Connect {version} at {client.url}")
 
     nudged_at: float | None = None
     state: State | None = None
+    confirmed = not changed  # an unchanged config restarts no task: its RUNNING is current
     while True:
+        # Configs first, status second: once the task configs are the new ones, the old task has been
+        # stopped (Connect stops it before it serves the new configs).
+        fresh = carries(client.task_configs(name), props)
         body = client.status(name)
         state = State.parse(body) if body else None
-        if state and state.running:
-            say(f"connector {name}: {state.describe()}")
-            return state
+        if state and state.running and fresh:
+            # The status comes from a cache of Connect's status topic, which may lag the stop of the old
+            # task by a moment: a RUNNING seen a poll apart is the new task's.
+            if confirmed:
+                say(f"connector {name}: {state.describe()}")
+                return state
+            confirmed = True
+        elif state and not state.running:
+            confirmed = False
         if state and nudged_at is None and (state.failed or state.connector in ("PAUSED", "STOPPED")):
             # The state may predate this config; one restart (or resume) gives the new config its chance.
+            # A STOPPED connector has no task configs at all until it is resumed.
             nudged_at = time.monotonic()
             if state.failed:
                 client.action("POST", name, "restart?includeTasks=true&onlyFailed=true")
@@ -357,14 +474,20 @@ def register(
                 client.action("PUT", name, "resume")
             time.sleep(POLL_SECONDS)
             continue
-        # A restart is asynchronous: the old FAILED may still show for a moment.
-        if state and state.failed and nudged_at is not None and time.monotonic() - nudged_at > RESTART_GRACE:
+        # A restart is asynchronous: the old FAILED may still show for a moment. A failed task counts once
+        # it runs this config; a failed connector never gets that far.
+        if (
+            state and state.failed and (fresh or state.connector == "FAILED")
+            and nudged_at is not None and time.monotonic() - nudged_at > RESTART_GRACE
+        ):
             raise ConnectorError(
                 f"connector {name} FAILED ({state.describe()}): {trace_summary(state.trace)}"
                 + _failure_hint(state.trace, props)
             )
         if time.monotonic() > deadline:
             seen = state.describe() if state else "no status yet"
+            if state and not fresh:
+                seen += ", its task not yet restarted with the new config"
             waited = timeout if timeout is not None else d.register_timeout_seconds
             raise ConnectorError(f"connector {name} not RUNNING after {waited:g}s ({seen})")
         time.sleep(POLL_SECONDS)
@@ -379,14 +502,8 @@ def connector_state(config: PipelineConfig, client: ConnectClient | None = None)
 
 def drop_slot(config: PipelineConfig, slot_name: str, *, timeout: float = 60.0) -> bool:
     """Drop a replication slot as the debezium role, waiting while its reader lets go. False if absent."""
-    import psycopg2
-
-    pg, d = config.postgres, config.debezium
     deadline = time.monotonic() + timeout
-    conn = psycopg2.connect(
-        host=d.database_host or pg.host, port=d.database_port or pg.port, dbname=pg.dbname, user=d.user,
-        password=d.password.reveal(), connect_timeout=pg.connect_timeout_seconds, sslmode=pg.sslmode,
-    )
+    conn = _connect_as_debezium(config)
     conn.autocommit = True
     try:
         with conn.cursor() as cur:

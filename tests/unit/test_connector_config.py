@@ -3,6 +3,7 @@ against a fake Kafka Connect (the real one is exercised by tests/integration/tes
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Callable
@@ -205,15 +206,23 @@ class FakeResponse:
 
 
 class FakeConnect:
-    """Answers like Kafka Connect; `statuses` are served one per status call, the last one repeated."""
+    """Answers like Kafka Connect; `statuses` are served one per status call, the last one repeated.
+
+    Task configs: `tasks_before` before the PUT (None: no connector, 404); after it, the PUT config once
+    `task_lag` more reads have still seen the old ones (Connect restarts the task asynchronously)."""
 
     def __init__(self, statuses: list[dict[str, Any] | None], put_status: int = 201,
-                 put_body: Any = None, validate_errors: dict[str, list[str]] | None = None) -> None:
+                 put_body: Any = None, validate_errors: dict[str, list[str]] | None = None,
+                 tasks_before: list[dict[str, str]] | None = None, task_lag: int = 0) -> None:
         self.statuses = statuses
         self.put_status = put_status
         self.put_body = put_body
         self.validate_errors = validate_errors or {}
+        self.tasks = tasks_before
+        self.task_lag = task_lag
+        self.put_props: dict[str, str] | None = None
         self.calls: list[tuple[str, str, Any]] = []
+        self.seen: list[str] = []  # "tasks old", "tasks new", "status RUNNING/..." in call order
 
     def request(self, method: str, url: str, json: Any = None, **_: Any) -> FakeResponse:
         path = url.split("8083", 1)[1]
@@ -228,9 +237,24 @@ class FakeConnect:
             ]
             return FakeResponse(200, {"error_count": len(self.validate_errors), "configs": configs})
         if method == "PUT" and path.endswith("/config"):
+            if self.put_status in (200, 201):
+                self.put_props = dict(json)
             return FakeResponse(self.put_status, self.put_body or {})
+        if path.endswith("/tasks"):
+            if self.put_props is not None:
+                if self.task_lag > 0:
+                    self.task_lag -= 1
+                else:
+                    self.tasks = [{**self.put_props, "name": "binance-postgres", "task.class": "T"}]
+            if self.tasks is None:
+                return FakeResponse(404, {"message": "not found"})
+            self.seen.append("tasks new" if self.put_props and self.tasks and
+                             connector.carries(self.tasks, self.put_props) else "tasks old")
+            return FakeResponse(200, [{"id": {"connector": "x", "task": i}, "config": c}
+                                      for i, c in enumerate(self.tasks)])
         if path.endswith("/status"):
             body = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+            self.seen.append(f"status {State.parse(body).describe()}" if body else "status none")
             return FakeResponse(404, {"message": "not found"}) if body is None else FakeResponse(200, body)
         return FakeResponse(204, None)
 
@@ -252,7 +276,7 @@ def client_for(fake: FakeConnect) -> ConnectClient:
 def test_register_puts_the_config_and_waits_for_running(project: PipelineConfig, fast: None) -> None:
     fake = FakeConnect([None, {"connector": {"state": "RUNNING"}, "tasks": []}, running()])
     lines: list[str] = []
-    state = register(project, client=client_for(fake), say=lines.append)
+    state = register(project, client=client_for(fake), preflight=None, say=lines.append)
     assert state.running
     puts = [c for c in fake.calls if c[0] == "PUT" and c[1].endswith("/config")]
     assert puts == [("PUT", "/connectors/binance-postgres/config", connector_config(project))]
@@ -261,7 +285,7 @@ def test_register_puts_the_config_and_waits_for_running(project: PipelineConfig,
 
 def test_register_restarts_a_failed_connector_once(project: PipelineConfig, fast: None) -> None:
     fake = FakeConnect([running(task="FAILED", trace="old"), running()], put_status=200)
-    register(project, client=client_for(fake), say=lambda _: None)
+    register(project, client=client_for(fake), preflight=None, say=lambda _: None)
     restart = "/connectors/binance-postgres/restart?includeTasks=true&onlyFailed=true"
     assert ("POST", restart, None) in fake.calls
 
@@ -271,7 +295,7 @@ def test_register_fails_with_the_trace_in_one_line(project: PipelineConfig, fast
              "Caused by: org.postgresql.util.PSQLException: FATAL: password authentication failed for user")
     fake = FakeConnect([running(task="FAILED", trace=trace)])
     with pytest.raises(ConnectorError) as info:
-        register(project, client=client_for(fake), say=lambda _: None)
+        register(project, client=client_for(fake), preflight=None, say=lambda _: None)
     message = str(info.value)
     assert "\n" not in message
     assert "FAILED" in message and "password authentication failed" in message
@@ -282,7 +306,7 @@ def test_register_times_out_naming_the_states(project: PipelineConfig, fast: Non
     fake = FakeConnect([running(task="UNASSIGNED")])
     expected = r"not RUNNING after 0\.2s \(connector RUNNING, task 0 UNASSIGNED\)"
     with pytest.raises(ConnectorError, match=expected):
-        register(project, client=client_for(fake), timeout=0.2, say=lambda _: None)
+        register(project, client=client_for(fake), preflight=None, timeout=0.2, say=lambda _: None)
 
 
 def test_register_reports_an_invalid_config_in_one_line(project: PipelineConfig, fast: None) -> None:
@@ -291,7 +315,7 @@ def test_register_reports_an_invalid_config_in_one_line(project: PipelineConfig,
                        "Error while validating connector config: Connection refused\n"}
     fake = FakeConnect([None], put_status=400, put_body=body)
     with pytest.raises(ConnectorError) as info:
-        register(project, client=client_for(fake), say=lambda _: None)
+        register(project, client=client_for(fake), preflight=None, say=lambda _: None)
     assert "\n" not in str(info.value)
     assert "HTTP 400" in str(info.value) and "Connection refused" in str(info.value)
 
@@ -305,7 +329,7 @@ def test_register_reports_validation_errors_before_storing_anything(
              'for user "debezium"')
     fake = FakeConnect([None], validate_errors={"database.hostname": [error]})
     with pytest.raises(ConnectorError) as info:
-        register(project, client=client_for(fake), say=lambda _: None)
+        register(project, client=client_for(fake), preflight=None, say=lambda _: None)
     message = str(info.value)
     assert "\n" not in message
     assert "config rejected: database.hostname: Error while validating connector config: FATAL" in message
@@ -327,8 +351,77 @@ def test_register_refuses_a_worker_without_the_plugin(project: PipelineConfig, f
 
     fake.request = no_plugin  # type: ignore[method-assign]
     with pytest.raises(ConnectorError, match=r"plugin\.path"):
-        register(project, client=client_for(fake), say=lambda _: None)
+        register(project, client=client_for(fake), preflight=None, say=lambda _: None)
     assert not any(c[0] == "PUT" for c in fake.calls)
+
+
+def test_a_changed_config_waits_for_the_task_to_run_it(project: PipelineConfig, fast: None) -> None:
+    """Connect restarts the task asynchronously after a PUT: the RUNNING it reports meanwhile is the old
+    task's. register() returns only once the tasks carry the new config, and RUNNING was seen twice since."""
+    old = {**connector_config(project), "heartbeat.interval.ms": "1", "name": "binance-postgres"}
+    fake = FakeConnect([running()], put_status=200, tasks_before=[old], task_lag=3)
+    lines: list[str] = []
+    state = register(project, client=client_for(fake), preflight=None, say=lines.append)
+    assert state.running
+    assert "config updated" in lines[0]
+    first_new = fake.seen.index("tasks new")
+    assert fake.seen[:first_new].count("tasks old") >= 3  # it waited through the stale reads
+    after = fake.seen[first_new:]
+    assert after.count("status connector RUNNING, task 0 RUNNING") >= 2, fake.seen
+    assert fake.seen[-1].startswith("status")
+
+
+def test_a_stale_running_is_not_taken_for_the_new_task(project: PipelineConfig, fast: None) -> None:
+    """The old task keeps reporting RUNNING and the new config never reaches a task: that is a timeout
+    that says so, not a success."""
+    old = {**connector_config(project), "snapshot.mode": "never"}
+    fake = FakeConnect([running()], put_status=200, tasks_before=[old], task_lag=10**9)
+    with pytest.raises(ConnectorError, match="not yet restarted with the new config"):
+        register(project, client=client_for(fake), preflight=None, timeout=0.2, say=lambda _: None)
+
+
+def test_an_unchanged_config_needs_no_restart(project: PipelineConfig, fast: None) -> None:
+    current = {**connector_config(project), "name": "binance-postgres", "task.class": "T"}
+    fake = FakeConnect([running()], put_status=200, tasks_before=[current])
+    lines: list[str] = []
+    register(project, client=client_for(fake), preflight=None, say=lines.append)
+    assert "config unchanged" in lines[0]
+    assert [s for s in fake.seen if s.startswith("status")] == ["status connector RUNNING, task 0 RUNNING"]
+
+
+def test_a_task_failing_on_the_new_config_is_reported_once_it_runs_it(
+    project: PipelineConfig, fast: None
+) -> None:
+    """A FAILED from the old task leads to one restart; the failure counts once the task has the new
+    config."""
+    old = {**connector_config(project), "slot.name": "old"}
+    fake = FakeConnect([running(task="FAILED", trace="new boom")], put_status=200, tasks_before=[old],
+                       task_lag=2)
+    with pytest.raises(ConnectorError, match=r"FAILED .*new boom"):
+        register(project, client=client_for(fake), preflight=None, timeout=5, say=lambda _: None)
+    assert "tasks new" in fake.seen
+    assert sum(1 for c in fake.calls if c[0] == "POST" and "/restart" in c[1]) == 1
+
+
+def test_carries_compares_every_put_key_with_every_task() -> None:
+    props = {"a": "1", "b": "2"}
+    assert connector.carries([{"a": "1", "b": "2", "task.class": "T"}], props)
+    assert not connector.carries([{"a": "1", "b": "2"}, {"a": "1", "b": "3"}], props)
+    assert not connector.carries([{"a": "1"}], props)
+    assert not connector.carries([], props)
+    assert not connector.carries(None, props)
+
+
+def test_the_preflight_runs_before_anything_is_stored(project: PipelineConfig, fast: None) -> None:
+    fake = FakeConnect([None])
+
+    def no_publication(config: PipelineConfig) -> None:
+        raise ConnectorError("debezium.publication_name: publication x does not exist")
+
+    with pytest.raises(ConnectorError, match=r"^debezium\.publication_name: "):
+        register(project, client=client_for(fake), preflight=no_publication, say=lambda _: None)
+    assert not any(c[0] == "PUT" for c in fake.calls)
+    assert inspect.signature(register).parameters["preflight"].default is connector.check_publication
 
 
 def test_unreachable_connect_is_one_short_line(project: PipelineConfig) -> None:
@@ -342,7 +435,8 @@ def test_unreachable_connect_is_one_short_line(project: PipelineConfig) -> None:
 
     expected = r"^Kafka Connect at http://x:1 is not reachable: Connection refused$"
     with pytest.raises(ConnectorError, match=expected):
-        register(project, client=ConnectClient("http://x:1", session=Refusing()))  # type: ignore[arg-type]
+        refusing = ConnectClient("http://x:1", session=Refusing())  # type: ignore[arg-type]
+        register(project, client=refusing, preflight=None)
 
 
 def test_cli_exits_1_with_one_line_when_connect_is_down(
