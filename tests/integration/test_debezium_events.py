@@ -4,8 +4,10 @@ Rows are written to PostgreSQL and the change events read back from Kafka: op co
 tombstone after a delete) from the pipeline's own connector; r (snapshot) and t (truncate) from a
 second connector registered for this test on a scratch table, with its own publication, slot and topic
 prefix, removed again afterwards. Decimals must arrive as Connect Decimals (base64 big-endian unscaled
-value, scale 18), timestamptz as io.debezium.time.ZonedTimestamp strings, and the key must hold the
-primary key.
+value, with the column's scale from PostgreSQL), timestamptz as io.debezium.time.ZonedTimestamp strings,
+and the key must hold the primary key. Those are the encodings config/pipeline.yaml asks for
+(debezium.decimal_handling_mode: precise, debezium.schemas_enable: true); a config asking for others
+fails first in `encodings`, by name. Heartbeats must come from the connector running its action query.
 
 CAPTURE_FIXTURES=1 also writes the messages read into tests/fixtures/debezium/captured/ for the
 decoder's unit tests.
@@ -31,7 +33,14 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from pipeline.clients import kafka_client_options
 from pipeline.config import PipelineConfig
-from pipeline.connector import ConnectClient, connector_state, delete, register, with_debezium
+from pipeline.connector import (
+    ConnectClient,
+    connector_state,
+    delete,
+    heartbeat_query,
+    register,
+    with_debezium,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -166,6 +175,21 @@ def zoned(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def require_encodings(config: PipelineConfig) -> None:
+    """The config the connector runs with must ask for the encodings these tests decode. timestamptz needs
+    no check: Debezium sends it as a ZonedTimestamp string whatever debezium.time_precision_mode says."""
+    d = config.debezium
+    assert d.decimal_handling_mode == "precise", (
+        "these tests decode decimal.handling.mode=precise (Connect Decimal: base64 unscaled value and a"
+        f" scale), but the config has debezium.decimal_handling_mode={d.decimal_handling_mode}: set it back"
+        " or teach decimal_of() and the schema checks the other mode"
+    )
+    assert d.schemas_enable, (
+        "these tests read each field's Connect schema from the envelope, but the config has"
+        " debezium.schemas_enable=false: set it back to true, or run them with a config that has it"
+    )
+
+
 # --- Fixtures -----------------------------------------------------------------------------------------
 
 def admin_connection() -> Any:
@@ -191,6 +215,25 @@ def admin(stack: PipelineConfig) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
+def encodings(stack: PipelineConfig) -> PipelineConfig:
+    require_encodings(stack)
+    return stack
+
+
+@pytest.fixture(scope="module")
+def scales(admin: Any, stack: PipelineConfig) -> dict[tuple[str, str], int]:
+    """(table, column) -> the scale of each numeric column, from PostgreSQL: what Debezium must send."""
+    cur = admin.cursor()
+    cur.execute(
+        "SELECT table_name, column_name, numeric_scale FROM information_schema.columns"
+        " WHERE table_schema = %s AND data_type = 'numeric'", (stack.debezium.schema,),
+    )
+    found = {(table, column): int(scale) for table, column, scale in cur.fetchall() if scale is not None}
+    assert ("latest_prices", "price") in found, "latest_prices.price is not a numeric with a scale"
+    return found
+
+
+@pytest.fixture(scope="module")
 def symbol() -> str:
     """A symbol no producer writes, so every event for it is this test's."""
     return "ZZTEST" + uuid.uuid4().hex[:10].upper()
@@ -204,7 +247,9 @@ class MainEvents:
 
 
 @pytest.fixture(scope="module")
-def main_events(stack: PipelineConfig, admin: Any, symbol: str) -> Iterator[MainEvents]:
+def main_events(
+    stack: PipelineConfig, encodings: PipelineConfig, admin: Any, symbol: str
+) -> Iterator[MainEvents]:
     """One round of writes through the pipeline's own connector, and the events they produced."""
     prefix = f"{stack.debezium.topic_prefix}.{stack.debezium.schema}"
     tables = ("latest_prices", "trades", "klines", "order_book_levels", "ticker_24hr")
@@ -272,7 +317,9 @@ class ScratchEvents:
 
 
 @pytest.fixture(scope="module")
-def scratch_events(stack: PipelineConfig, admin: Any, symbol: str) -> Iterator[ScratchEvents]:
+def scratch_events(
+    stack: PipelineConfig, encodings: PipelineConfig, admin: Any, symbol: str
+) -> Iterator[ScratchEvents]:
     scratch = with_debezium(stack, **SCRATCH)
     remove_scratch(stack, admin)  # what an interrupted earlier run may have left
     cur = admin.cursor()
@@ -347,7 +394,9 @@ def test_change_topics_are_compressed_as_configured(
     assert batch[:1] == [codecs[stack.debezium.compression_type]], (created, seen)
 
 
-def test_insert_update_delete_give_c_u_d_and_a_tombstone(main_events: MainEvents, symbol: str) -> None:
+def test_insert_update_delete_give_c_u_d_and_a_tombstone(
+    main_events: MainEvents, symbol: str, scales: dict[tuple[str, str], int]
+) -> None:
     create, update, remove, tombstone = main_events.latest
     assert [create.op, update.op, remove.op] == ["c", "u", "d"]
     assert tombstone.value is None
@@ -361,7 +410,7 @@ def test_insert_update_delete_give_c_u_d_and_a_tombstone(main_events: MainEvents
     assert update.payload["before"] is None
     before = remove.payload["before"]
     assert before["symbol"] == symbol
-    assert decimal_of(before["price"], 18) == 0
+    assert decimal_of(before["price"], scales["latest_prices", "price"]) == 0
     assert zoned(before["updated_at"]) == datetime(1970, 1, 1, tzinfo=UTC)
     source = create.payload["source"]
     assert (source["db"], source["schema"], source["table"]) == ("binance", "public", "latest_prices")
@@ -385,16 +434,23 @@ def test_the_key_holds_the_primary_key(main_events: MainEvents, symbol: str) -> 
     assert zoned(kline_key["open_time"]) == WHEN
 
 
-def test_decimals_are_precise_with_scale_18(main_events: MainEvents) -> None:
+def test_decimals_are_precise_with_the_columns_scale(
+    main_events: MainEvents, scales: dict[tuple[str, str], int]
+) -> None:
     create, update = main_events.latest[:2]
+    scale = scales["latest_prices", "price"]
     schema = field_schema(create, "after", "price")
     assert schema["type"] == "bytes"
     assert schema["name"] == "org.apache.kafka.connect.data.Decimal"
-    assert schema["parameters"]["scale"] == "18"
-    assert decimal_of(create.payload["after"]["price"], 18) == PRICE
-    assert decimal_of(update.payload["after"]["price"], 18) == TINY
-    ticker = main_events.creates["ticker_24hr"].payload["after"]
-    assert decimal_of(ticker["price_change_percent"], 18) == Decimal("-0.012")
+    assert schema["parameters"]["scale"] == str(scale)
+    assert decimal_of(create.payload["after"]["price"], scale) == PRICE
+    assert decimal_of(update.payload["after"]["price"], scale) == TINY
+    ticker_create = main_events.creates["ticker_24hr"]
+    ticker_scale = scales["ticker_24hr", "price_change_percent"]
+    ticker_schema = field_schema(ticker_create, "after", "price_change_percent")
+    assert ticker_schema["parameters"]["scale"] == str(ticker_scale)
+    ticker = ticker_create.payload["after"]
+    assert decimal_of(ticker["price_change_percent"], ticker_scale) == Decimal("-0.012")
 
 
 def test_timestamps_are_zoned_timestamp_strings(main_events: MainEvents) -> None:
@@ -407,13 +463,15 @@ def test_timestamps_are_zoned_timestamp_strings(main_events: MainEvents) -> None
     assert zoned(update.payload["after"]["updated_at"]) == WHEN.replace(second=10)
 
 
-def test_a_full_replica_identity_delete_carries_the_whole_row(main_events: MainEvents, symbol: str) -> None:
+def test_a_full_replica_identity_delete_carries_the_whole_row(
+    main_events: MainEvents, symbol: str, scales: dict[tuple[str, str], int]
+) -> None:
     create, remove, tombstone = main_events.trades
     assert [create.op, remove.op, tombstone.value] == ["c", "d", None]
     before = remove.payload["before"]
     assert before["symbol"] == symbol and before["trade_id"] == 42
     assert zoned(before["trade_time"]) == WHEN  # what the consumer needs to find the day partition
-    assert decimal_of(before["price"], 18) == PRICE
+    assert decimal_of(before["price"], scales["trades", "price"]) == PRICE
     assert before["is_buyer_maker"] is True and before["is_best_match"] is None
     capture("trades-create", create)
     capture("trades-delete", remove)
@@ -422,14 +480,44 @@ def test_a_full_replica_identity_delete_carries_the_whole_row(main_events: MainE
         capture(f"{table}-create", message)
 
 
-def test_heartbeats_reach_their_topic(stack: PipelineConfig) -> None:
-    reader = TopicReader(stack, f"__debezium-heartbeat.{stack.debezium.topic_prefix}")
+def test_heartbeats_run_the_action_query_and_reach_their_topic(stack: PipelineConfig, admin: Any) -> None:
+    """A heartbeat record arrives after the test starts, and the heartbeat table's row changes over a wait
+    longer than the interval: Connect sends heartbeats with or without an action query, and only the
+    query writes that row (the debezium role alone may)."""
+    d = stack.debezium
+    stored = ConnectClient(d.connect_url).request("GET", f"/connectors/{d.connector_name}/config").json()
+    assert stored.get("heartbeat.action.query") == heartbeat_query(stack), (
+        "the running connector's heartbeat.action.query is not the one pipeline.connector generates"
+    )
+    interval = d.heartbeat_interval_ms / 1000
+    wait = 2 * interval + 15  # one interval, a late first beat, and slack for a busy machine
+    cur = admin.cursor()
+
+    def beat_at() -> datetime | None:
+        cur.execute(f"SELECT beat_at FROM {d.schema}.{d.heartbeat_table} WHERE id = 1")
+        row = cur.fetchone()
+        return row[0] if row else None
+
+    # From the topic's end offsets now: whatever it reads was sent after the test started.
+    reader = TopicReader(stack, f"__debezium-heartbeat.{d.topic_prefix}")
     try:
-        reader.start = {}  # any heartbeat will do
-        beat = reader.read(lambda m: m.value is not None, 1)[0]
+        cur.execute("SELECT now()")
+        started = cur.fetchone()[0]
+        before = beat_at()
+        # The query sets beat_at = now(): a value after `started` (the database's own clock) was written
+        # by a heartbeat since the test began.
+        deadline = time.monotonic() + wait
+        while (latest := beat_at()) is None or latest <= started:
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"{d.schema}.{d.heartbeat_table} not written in {wait:g}s (heartbeat every {interval:g}s,"
+                    f" beat_at {before} before the test, {latest} now): the action query does not run"
+                )
+            time.sleep(min(1.0, interval / 4))
+        beat = reader.read(lambda m: m.value is not None, 1, timeout=wait)[0]
     finally:
         reader.close()
-    assert beat.key["payload"] == {"serverName": stack.debezium.topic_prefix}
+    assert beat.key["payload"] == {"serverName": d.topic_prefix}
     assert isinstance(beat.value["payload"]["ts_ms"], int)
     capture("heartbeat", beat)
 
@@ -437,7 +525,7 @@ def test_heartbeats_reach_their_topic(stack: PipelineConfig) -> None:
 # --- A second connector: snapshot and truncate --------------------------------------------------------
 
 def test_rows_present_before_the_connector_arrive_as_reads(
-    scratch_events: ScratchEvents, symbol: str
+    scratch_events: ScratchEvents, symbol: str, scales: dict[tuple[str, str], int]
 ) -> None:
     snapshot = scratch_events.snapshot
     assert snapshot.op == "r"
@@ -445,7 +533,8 @@ def test_rows_present_before_the_connector_arrive_as_reads(
     assert snapshot.payload["after"]["symbol"] == symbol
     assert snapshot.payload["source"]["snapshot"] in ("true", "first", "last", "first_in_data_collection",
                                                       "last_in_data_collection")
-    assert decimal_of(snapshot.payload["after"]["price"], 18) == PRICE
+    # The scratch table is LIKE latest_prices: the same column types.
+    assert decimal_of(snapshot.payload["after"]["price"], scales["latest_prices", "price"]) == PRICE
     assert zoned(snapshot.payload["after"]["updated_at"]) == WHEN
     assert scratch_events.insert.op == "c"
     assert scratch_events.insert.payload["source"]["snapshot"] == "false"
