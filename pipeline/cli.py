@@ -47,17 +47,23 @@ def show_config(config: PipelineConfig) -> str:
 
 
 def main_config(argv: Sequence[str] | None = None) -> int:
-    """`python -m pipeline.config_cli`: validate and print the effective config (secrets masked)."""
+    """`python -m pipeline [check|show|get KEY [--reveal]]`: validate and print the effective config.
+
+    Secrets are masked, also by `get`, unless `--reveal` is given.
+    """
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=main_config.__doc__)
     add_config_argument(parser)
     parser.add_argument("command", choices=["check", "show", "get"], nargs="?", default="show")
     parser.add_argument("key", nargs="?", help="dotted key for `get`, e.g. postgres.port")
+    parser.add_argument("--reveal", action="store_true",
+                        help="`get` prints a secret in clear (for scripts); masked otherwise")
     args = parser.parse_args(argv)
     config = load_or_exit(args.config)
     if args.command == "show":
         print(show_config(config))
     elif args.command == "get":
-        value = to_plain(config, reveal=True)
+        # A terminal, a CI log or a shell history is no place for a password unless asked for by name.
+        value = to_plain(config, reveal=args.reveal)
         for part in (args.key or "").split("."):
             if not isinstance(value, dict) or part not in value:
                 print(f"{args.key}: no such setting", file=sys.stderr)

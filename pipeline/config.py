@@ -17,7 +17,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from pipeline.schema import ConfigError, Secret, build, join_path, setting, to_plain
+from pipeline.schema import ConfigError, FieldError, Secret, build, join_path, setting, to_plain
+from producer.ratelimit import DEPTH, KLINES, TICKER_24HR, TICKER_PRICE, TRADES, request_weight
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -74,6 +75,13 @@ class KlinesEndpoint:
     intervals: tuple[KlineInterval, ...] = setting(("1m", "1h"), min_items=1)
     limit: int = setting(100, min=1, max=1000)
 
+    def __post_init__(self) -> None:
+        # The same interval twice would fetch and load every candle twice a cycle.
+        dupes = sorted({i for i in self.intervals if self.intervals.count(i) > 1})
+        if dupes:
+            raise FieldError(("intervals", f"expected each interval once, got {', '.join(dupes)} more than "
+                                           f"once in {list(self.intervals)}"))
+
 
 @dataclass(frozen=True)
 class Ticker24hrEndpoint:
@@ -103,8 +111,37 @@ class BinanceConfig:
     endpoints: Endpoints = Endpoints()
 
     def __post_init__(self) -> None:
-        if len(set(self.symbols)) != len(self.symbols):
-            raise ValueError(f"symbols: duplicate symbol in {list(self.symbols)}")
+        problems: list[tuple[str, str]] = []
+        dupes = sorted({s for s in self.symbols if self.symbols.count(s) > 1})
+        if dupes:
+            problems.append(("symbols", f"duplicate symbol {', '.join(dupes)} in {list(self.symbols)}"))
+        problems += self._weight_problems()
+        if problems:
+            raise FieldError(*problems)
+
+    def _weight_problems(self) -> list[tuple[str, str]]:
+        """Requests heavier than the budget could never be sent: say so at load, not every cycle."""
+        budget = self.weight_budget_per_minute
+        depth_weight = request_weight(DEPTH, self.endpoints.depth.limit)
+        problems = []
+        if depth_weight > budget:
+            fitting = max((top for top in (100, 500, 1000, 5000) if request_weight(DEPTH, top) <= budget),
+                          default=None)
+            expected = f"a limit of at most {fitting}" if fitting else "a larger weight_budget_per_minute"
+            problems.append((
+                "endpoints.depth.limit",
+                f"a depth request with limit {self.endpoints.depth.limit} weighs {depth_weight}, more than "
+                f"weight_budget_per_minute {budget}: expected {expected}, got {self.endpoints.depth.limit}",
+            ))
+        fixed = {"ticker_price": TICKER_PRICE, "trades": TRADES, "klines": KLINES, "ticker_24hr": TICKER_24HR}
+        heaviest = max(fixed, key=lambda name: request_weight(fixed[name]))
+        need = request_weight(fixed[heaviest])
+        if need > budget:
+            problems.append((
+                "weight_budget_per_minute",
+                f"expected an integer >= {need} (one {heaviest} request weighs {need}), got {budget}",
+            ))
+        return problems
 
 
 @dataclass(frozen=True)
@@ -285,9 +322,17 @@ def load(
     env = os.environ if environ is None else environ
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read config file: {exc.strerror or exc}"]) from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError([
+            f"{path}: not valid UTF-8 at byte offset {exc.start} (line {line}): {exc.reason} "
+            f"(byte 0x{data[exc.start]:02x}); save the file as UTF-8"
+        ]) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -320,6 +365,12 @@ def _interpolate(value: Any, path: str, env: Mapping[str, str], problems: list[s
 
     def substitute(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
+        if default is not None and "${" in default:
+            # The pattern ends at the first "}": with A unset, ${A:-${B}} would become the literal text
+            # "${B}", silently.
+            problems.append(f"{path}: expected a ${{{name}:-default}} whose default has no ${{...}} "
+                            f'(nested defaults are not supported), got "{value}"')
+            return ""
         if name in env and env[name] != "":
             return env[name]
         if default is not None:

@@ -23,6 +23,18 @@ class ConfigError(Exception):
         super().__init__("\n".join(problems))
 
 
+class FieldError(ValueError):
+    """Raised by a config class's __post_init__ to name the field(s) at fault, relative to the class.
+
+    The builder turns each (field, message) into "<path of the class>.<field>: <message>", so a
+    cross-field check reports the YAML path the user must edit, like every other config error.
+    """
+
+    def __init__(self, *problems: tuple[str, str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{field}: {message}" for field, message in problems))
+
+
 class Secret:
     """A string that never shows itself in repr/str/logs; `reveal()` is the one way to read it."""
 
@@ -136,9 +148,12 @@ class _Builder:
         if tp is Decimal:
             return self._number(Decimal, value, path, meta)
         if tp is str or tp is Secret:
-            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                return self.fail(path, f"expected a string, got {_describe(value)}")
-            text = value if isinstance(value, str) else str(value)
+            if not isinstance(value, str):
+                # YAML reads `0123` as 83 (octal) and `12_34` as 1234: str() of what it parsed is not
+                # what was written, so a text setting must be written as a string.
+                hint = " (quote it)" if not isinstance(value, (Mapping, list)) and value is not None else ""
+                return self.fail(path, f"expected a string{hint}, got {_describe(value)}")
+            text = value
             pattern = meta.get("pattern")
             if pattern and not re.fullmatch(pattern, text):
                 return self.fail(path, f"expected a string matching {pattern}, got {_describe(text)}")
@@ -221,6 +236,10 @@ class _Builder:
             return _MISSING
         try:
             obj = cls(**kwargs)
+        except FieldError as exc:  # a __post_init__ cross-field check naming its fields
+            for field_name, message in exc.problems:
+                self.fail(join_path(path, field_name), message)
+            return _MISSING
         except ValueError as exc:  # a __post_init__ cross-field check
             return self.fail(path, str(exc))
         return obj

@@ -64,7 +64,10 @@ def test_config_is_frozen(tmp_path: Path) -> None:
         ({"binance": {"symbols": []}}, "binance.symbols: expected a list of at least 1 item(s), got 0"),
         ({"binance": {"symbols": "BTCUSDT"}}, 'binance.symbols: expected a list, got "BTCUSDT"'),
         ({"binance": {"symbols": ["btc-usdt"]}}, 'binance.symbols[0]: expected a string matching'),
-        ({"binance": {"symbols": ["BTCUSDT", "BTCUSDT"]}}, "binance: symbols: duplicate symbol"),
+        ({"binance": {"symbols": ["BTCUSDT", "BTCUSDT"]}}, "binance.symbols: duplicate symbol BTCUSDT"),
+        ({"binance": {"endpoints": {"klines": {"intervals": ["1m", "1h", "1m"]}}}},
+         "binance.endpoints.klines.intervals: expected each interval once, got 1m more than once in "
+         "['1m', '1h', '1m']"),
         ({"binance": {"base_url": "ftp://x"}}, "binance.base_url: expected a string matching"),
         ({"binance": {"weight_budget_per_minute": 0}},
          "binance.weight_budget_per_minute: expected an integer 1..6000, got 0"),
@@ -94,8 +97,84 @@ def test_bad_values_name_their_path(tmp_path: Path, data: object, expected: str)
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     found = problems(tmp_path, {"postgres": {"port": "x", "host": 5, "bogus": 1}, "kafka": {"nope": 1}})
-    assert len(found) == 3, found  # host 5 is accepted as the string "5"
-    assert {p.split(":")[0] for p in found} == {"postgres.port", "postgres.bogus", "kafka.nope"}
+    assert len(found) == 4, found
+    assert {p.split(":")[0] for p in found} == {
+        "postgres.port", "postgres.host", "postgres.bogus", "kafka.nope"
+    }
+
+
+@pytest.mark.parametrize(
+    ("yaml_value", "found"),
+    [("0123", "83"), ("12_34", "1234"), ("0x1F", "31"), ("1e3", '"1e3"'), ("3.50", "3.5"), ("true", "True"),
+     ("2024-01-01", "datetime.date(2024, 1, 1)")],
+)
+def test_text_settings_refuse_what_yaml_read_as_a_number(tmp_path: Path, yaml_value: str, found: str) -> None:
+    # YAML 1.1 reads 0123 as octal 83: str() of it would silently be a different password.
+    text = f"postgres:\n  password: {yaml_value}\n  user: {yaml_value}\n"
+    if found.startswith('"'):  # PyYAML reads 1e3 (no dot) as a string: accepted as written
+        assert load(write(tmp_path, text), ENV).postgres.password.reveal() == yaml_value
+        return
+    assert sorted(problems(tmp_path, text)) == [
+        f"postgres.password: expected a string (quote it), got {found}",
+        f"postgres.user: expected a string (quote it), got {found}",
+    ]
+
+
+def test_quoted_numbers_and_lists_of_strings_stay_strings(tmp_path: Path) -> None:
+    config = load(write(tmp_path, "postgres:\n  password: '0123'\n  user: \"12_34\"\n"), ENV)
+    assert (config.postgres.password.reveal(), config.postgres.user) == ("0123", "12_34")
+    found = problems(tmp_path, "kafka:\n  bootstrap_servers: [1234]\ncassandra:\n  contact_points: {a: 1}\n")
+    assert "kafka.bootstrap_servers[0]: expected a string (quote it), got 1234" in found
+    assert "cassandra.contact_points: expected a list, got a mapping" in found
+
+
+def test_a_file_that_is_not_utf8_names_the_file_and_byte(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("postgres:\n  host: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load(path, ENV)
+    assert info.value.problems == [
+        f"{path}: not valid UTF-8 at byte offset 21 (line 2): invalid continuation byte (byte 0xe9); "
+        "save the file as UTF-8"
+    ]
+    proc = run_cli("--config", str(path), "check", env=ENV)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{path}: not valid UTF-8 at byte offset 21" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("binance", "expected"),
+    [
+        ({"weight_budget_per_minute": 200, "endpoints": {"depth": {"limit": 5000}}},
+         ["binance.endpoints.depth.limit: a depth request with limit 5000 weighs 250, more than "
+          "weight_budget_per_minute 200: expected a limit of at most 1000, got 5000"]),
+        ({"weight_budget_per_minute": 20},
+         ["binance.weight_budget_per_minute: expected an integer >= 25 (one trades request weighs 25), "
+          "got 20"]),
+        ({"weight_budget_per_minute": 4, "endpoints": {"depth": {"limit": 100}}},
+         ["binance.endpoints.depth.limit: a depth request with limit 100 weighs 5, more than "
+          "weight_budget_per_minute 4: expected a larger weight_budget_per_minute, got 100",
+          "binance.weight_budget_per_minute: expected an integer >= 25 (one trades request weighs 25), "
+          "got 4"]),
+    ],
+)
+def test_a_request_heavier_than_the_weight_budget_is_a_config_error(
+    tmp_path: Path, binance: dict[str, object], expected: list[str]
+) -> None:
+    assert problems(tmp_path, {"binance": binance}) == expected
+
+
+def test_requests_that_fit_the_weight_budget_load(tmp_path: Path) -> None:
+    config = load(write(tmp_path, {"binance": {"weight_budget_per_minute": 250,
+                                               "endpoints": {"depth": {"limit": 5000}}}}), ENV)
+    assert config.binance.endpoints.depth.limit == 5000
+    assert load(write(tmp_path, {"binance": {"weight_budget_per_minute": 25}}), ENV).binance.endpoints
+
+
+def test_an_environment_override_is_checked_against_the_budget_too(tmp_path: Path) -> None:
+    found = problems(tmp_path, "", {"PIPELINE__BINANCE__ENDPOINTS__DEPTH__LIMIT": "5000",
+                                    "PIPELINE__BINANCE__WEIGHT_BUDGET_PER_MINUTE": "100"})
+    assert [p.split(":")[0] for p in found] == ["binance.endpoints.depth.limit"]
 
 
 def test_interpolation(tmp_path: Path) -> None:
@@ -105,6 +184,14 @@ def test_interpolation(tmp_path: Path) -> None:
     assert config.postgres.password.reveal() == "s3cret"
     assert config.postgres.host == "db.local"
     assert config.postgres.user == "pre-me-post"
+
+
+@pytest.mark.parametrize("value", ["${PW:-${OTHER}}", "x${PW:-${OTHER:-y}}z"])
+def test_a_variable_inside_a_default_is_refused(tmp_path: Path, value: str) -> None:
+    # Unrefused, ${PW:-${OTHER}} with PW unset would be the literal text "${OTHER}", silently.
+    found = problems(tmp_path, {"postgres": {"password": value}}, {"OTHER": "o"})
+    assert found == [f"postgres.password: expected a ${{PW:-default}} whose default has no ${{...}} "
+                     f'(nested defaults are not supported), got "{value}"']
 
 
 def test_missing_variable_names_path_and_variable(tmp_path: Path) -> None:
@@ -174,6 +261,16 @@ def test_cli_missing_file_exits_2(tmp_path: Path) -> None:
     proc = run_cli("--config", str(tmp_path / "nope.yaml"), "check")
     assert proc.returncode == 2
     assert "cannot read config file" in proc.stderr
+
+
+def test_cli_get_masks_a_secret_unless_revealed() -> None:
+    masked = run_cli("get", "postgres.password", env=ENV)
+    assert (masked.returncode, masked.stdout) == (0, "******\n"), masked.stderr
+    revealed = run_cli("get", "postgres.password", "--reveal", env=ENV)
+    assert (revealed.returncode, revealed.stdout) == (0, "p-secret-1\n"), revealed.stderr
+    port = run_cli("get", "postgres.port", env=ENV)
+    assert port.stdout == "5432\n"
+    assert run_cli("get", "postgres.nope", env=ENV).returncode == 2
 
 
 def test_cli_show_masks_secrets() -> None:
