@@ -155,34 +155,54 @@ def test_an_unknown_symbol_names_itself(sim: SimulatorServer, client: BinanceCli
     assert "NOSUCHCOIN" in str(caught.value) and "/api/v3/trades" in str(caught.value)
 
 
+class FakeClock:
+    """A monotonic clock that moves only when told."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.mark.parametrize("status", [429, 418])
 def test_429_and_418_raise_at_once_and_pause_the_host(
-    sim: SimulatorServer, client: BinanceClient, sleeps: Sleeps, status: int
+    sim: SimulatorServer, sleeps: Sleeps, status: int
 ) -> None:
     fault(sim, mode=str(status), retry_after=30)
-    started = time.monotonic()
-    with pytest.raises(RateLimitedError) as caught:
-        client.klines("BTCUSDT", "1m", 5)
-    assert time.monotonic() - started < 2, "must not sleep through a Retry-After"
-    exc = caught.value
-    assert isinstance(exc, TransientError)
-    assert exc.status == status and exc.host == client.host
-    assert exc.retry_after >= 30 and exc.until >= started + 29
-    assert "/api/v3/klines" in str(exc) and "BTCUSDT" in str(exc)
-    assert sleeps.waits == []
-    # Another endpoint, another symbol: refused without a request.
-    with pytest.raises(RateLimitedError, match="not sent"):
-        client.ticker_price("ETHUSDT")
-    assert sent(sim) == 1
+    clock = FakeClock(1000.0)
+    limiter = RateLimiter(1200, clock=clock, sleep=sleeps)
+    with BinanceClient(config(sim.base_url), limiter=limiter) as client:
+        with pytest.raises(RateLimitedError) as caught:
+            client.klines("BTCUSDT", "1m", 5)
+        # Every wait of the client goes through the limiter's sleep: none means it did not sleep through
+        # the Retry-After (nor retry), it raised at once.
+        assert sleeps.waits == []
+        exc = caught.value
+        assert isinstance(exc, TransientError)
+        assert exc.status == status and exc.host == client.host
+        assert exc.retry_after == 30 and exc.until == 1030.0
+        assert "/api/v3/klines" in str(exc) and "BTCUSDT" in str(exc)
+        # Another endpoint, another symbol: refused without a request, until the pause is over.
+        clock.now = 1029.9
+        with pytest.raises(RateLimitedError, match="not sent"):
+            client.ticker_price("ETHUSDT")
+        assert sent(sim) == 1
+        clock.now = 1030.0
+        sim.sim.reset()  # the simulator keeps its own pause, on its real clock
+        assert client.ticker_price("ETHUSDT")["symbol"] == "ETHUSDT"
+        assert sent(sim) == 1 and sleeps.waits == []
 
 
-def test_418_banned_until_beyond_retry_after_wins(sim: SimulatorServer, client: BinanceClient) -> None:
-    banned_until_ms = int((time.time() + 300) * 1000)
-    fault(sim, mode="418", retry_after=2, banned_until_ms=banned_until_ms)
-    with pytest.raises(RateLimitedError) as caught:
+def test_418_banned_until_beyond_retry_after_wins(sim: SimulatorServer, sleeps: Sleeps) -> None:
+    wall = 1_767_225_600.0  # the 418's 'banned until <ms>' is read against the wall clock
+    fault(sim, mode="418", retry_after=2, banned_until_ms=int((wall + 300) * 1000))
+    limiter = RateLimiter(1200, clock=FakeClock(50.0), sleep=sleeps)
+    with BinanceClient(config(sim.base_url), limiter=limiter, wall_clock=lambda: wall) as client, \
+            pytest.raises(RateLimitedError) as caught:
         client.ticker_price("BTCUSDT")
-    assert caught.value.retry_after == pytest.approx(300, abs=5)
-    assert caught.value.until - time.monotonic() == pytest.approx(300, abs=5)
+    assert caught.value.retry_after == 300
+    assert caught.value.until == 350.0
 
 
 # --- retry policy -----------------------------------------------------------------------------------
@@ -229,13 +249,33 @@ def test_truncated_json_every_time_is_unavailable(sim: SimulatorServer, client: 
     assert sent(sim) == 3
 
 
-def test_a_read_timeout_is_retried(sim: SimulatorServer) -> None:
+class RecordingSession(requests.Session):
+    """Records the timeout every GET was given and how it ended (a status, or the exception's type)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Any, Any]] = []
+
+    def get(self, url: str | bytes, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        try:
+            response = super().get(url, **kwargs)
+        except Exception as exc:
+            self.calls.append((kwargs.get("timeout"), type(exc)))
+            raise
+        self.calls.append((kwargs.get("timeout"), response.status_code))
+        return response
+
+
+def test_a_read_timeout_is_retried(sim: SimulatorServer, sleeps: Sleeps) -> None:
     cfg = config(sim.base_url, read_timeout_seconds=0.3)
     fault(sim, mode="slow", delay=2.0)
-    with BinanceClient(cfg) as c:
-        started = time.monotonic()
+    session = RecordingSession()
+    with BinanceClient(cfg, session=session, limiter=RateLimiter(1200, sleep=sleeps)) as c:
         assert c.ticker_price("BTCUSDT")["symbol"] == "BTCUSDT"
-    assert 0.3 <= time.monotonic() - started < 1.8  # gave up on the slow answer, did not wait it out
+    # The first attempt gave up on the slow answer at the read timeout it was given (not waiting the
+    # 2 s out); the second, after one backoff, got the answer.
+    assert session.calls == [((1.0, 0.3), requests.exceptions.ReadTimeout), ((1.0, 0.3), 200)]
+    assert len(sleeps.waits) == 1
     assert sent(sim) == 2
 
 
