@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from consumer.app import Member, worker_main
+from consumer.app import Member, StopSignals, worker_main
 from pipeline.cli import add_config_argument, load_or_exit, run, setup_logging
 
 log = logging.getLogger("consumer")
@@ -41,16 +41,18 @@ def run_members(config_path: str, workers: int) -> int:
         for i in range(workers)
     ]
     signals = 0
+    stop_signals = StopSignals()
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         nonlocal signals
         signals += 1
+        second = stop_signals.is_second()
         log.info("%s: forwarding to %d workers", signal.Signals(signum).name, len(procs))
         for p in procs:
             if p.pid is not None and p.is_alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p.pid, signum)
-        if signals > 1:
+        if second:
             os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, forward)

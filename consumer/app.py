@@ -86,6 +86,26 @@ TOPIC_RECHECK = 10.0
 LAG_EVERY = 5.0
 
 
+class StopSignals:
+    """Counts SIGTERM/SIGINT: the first asks for a clean stop, a later one for an immediate exit.
+
+    A signal within REPEAT_WINDOW seconds of the first is the same request delivered twice, not a second
+    one: a terminal's Ctrl-C reaches every process of the group while `--workers` also forwards it, and
+    GNU timeout signals both the child and its group."""
+
+    REPEAT_WINDOW = 1.0
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+
+    def is_second(self) -> bool:
+        now = time.monotonic()
+        if self.first is None:
+            self.first = now
+            return False
+        return now - self.first >= self.REPEAT_WINDOW
+
+
 def topic_for(config: PipelineConfig, mapping: MappingConfig) -> str:
     """The topic of a mapping: its own `topic`, else Debezium's <topic_prefix>.<schema>.<table>."""
     return mapping.topic or f"{config.debezium.topic_prefix}.{config.debezium.schema}.{mapping.table}"
@@ -162,7 +182,7 @@ class Member:
         self.parent_pid = parent_pid
         self.topics = topics_for(config)
         self.stop_event = threading.Event()
-        self._signals = 0
+        self._signals = StopSignals()
         self.metrics = ConsumerMetrics()
         self.tracker = OffsetTracker()
         self.sink: CassandraSink[Origin] = CassandraSink(
@@ -203,8 +223,7 @@ class Member:
         self.stop_event.set()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self._signals += 1
-        if self._signals > 1:
+        if self._signals.is_second():
             os.write(2, f"consumer: second {signal.Signals(signum).name}, exiting at once\n".encode())
             os._exit(128 + signum)
         self.request_stop(signal.Signals(signum).name)

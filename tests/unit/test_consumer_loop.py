@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -489,9 +490,15 @@ def test_shutdown_drains_then_commits() -> None:
 def test_first_signal_stops_second_exits_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     member, *_ = make_member()
     exits: list[int] = []
+    clock = [100.0]
     monkeypatch.setattr(os, "_exit", exits.append)
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     member._on_signal(signal.SIGTERM, None)
     assert member.stop_event.is_set() and exits == []
+    clock[0] += 0.2      # the same Ctrl-C, through the process group and the --workers parent
+    member._on_signal(signal.SIGINT, None)
+    assert exits == []
+    clock[0] += 1.0      # a second request
     member._on_signal(signal.SIGINT, None)
     assert exits == [128 + signal.SIGINT]
 
