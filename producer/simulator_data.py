@@ -7,12 +7,21 @@ The model, per symbol:
 - log-price is a seeded random walk: knots every 4096 s (a walk with a weak pull back to the starting
   price, so years of it stay plausible), refined down to 1 s by a Brownian bridge (each midpoint is the
   mean of its ends plus seeded noise), so the price at any second costs 12 hashes, not a walk from 2017;
+- every block of the bridge (the seconds between two of its points, 4096 s down to 2 s) also carries its
+  highest and lowest value and a second where each is reached. They are drawn top-down with the bridge:
+  a 4096 s segment draws them (a Brownian bridge's maximum has a closed-form law), a half inherits the
+  extremes that lie in it and draws its own, no further out than its parent's, for the others, and every
+  midpoint is kept within its block's extremes (and is the extreme at the second chosen for it). So the
+  highest and lowest price over any span of seconds costs a few dozen blocks whatever its length;
 - trade number i happens in the i-th slot of `trade_every_ms` after ORIGIN_MS, at a seeded offset within
-  the slot; its price is the walk at that moment rounded to the tick. Ids therefore only grow with time;
+  the slot; its price is the walk at that second rounded to the tick (every trade of a second has one
+  price). Ids therefore only grow with time. Every second has trades (`trade_every_ms` divides 1000);
 - trade quantities are a sum of sines of the id, so the volume of any id range has a closed form: kline
   and 24 h volumes equal the sum of the trades' quantities (to rounding) without visiting each trade;
-- a kline's open/close are its first/last trade prices; high/low come from those and the walk at the
-  candle's quarters; quote and taker-buy volumes are model figures;
+- a kline's open/close are its first/last trade prices and its high/low the highest and lowest trade
+  price in it: the walk's extremes over the seconds from its first to its last trade (24 h statistics
+  alike), so every trade lies within the [low, high] of each kline and 24 h window that covers it;
+  quote and taker-buy volumes are model figures;
 - depth is built around the last trade price from seeded gaps and sizes; lastUpdateId grows every 10 ms.
 
 Stdlib only.
@@ -49,7 +58,12 @@ DEPTH_UPDATE_MS = 10
 
 _MASK = (1 << 64) - 1
 # Namespaces for the hash, so that no two uses of it ever share an input.
-_KNOT, _BRIDGE, _JITTER, _MAKER, _DEPTH, _SHARE, _SPEC, _PHASE = range(1, 9)
+_KNOT, _BRIDGE, _JITTER, _MAKER, _DEPTH, _SHARE, _SPEC, _PHASE, _HIGH, _LOW = range(1, 11)
+_CACHE_LIMIT = 100_000  # split blocks kept (~0.7 kB each); recomputed alike once dropped
+
+# A block of the bridge: seconds l..r (r - l a power of two), the log prices at both ends, the highest
+# value in it and a second where it is reached, the lowest and its second.
+Block = tuple[int, int, float, float, float, int, float, int]
 
 
 @dataclass(frozen=True)
@@ -173,17 +187,19 @@ class _Walk:
             _hash(self.key, ns) for ns in (_KNOT, _BRIDGE, _JITTER, _MAKER)
         )
         per_second = spec.daily_volatility / math.sqrt(86_400)
-        self._sigma_s = per_second
+        self._variance_s = per_second * per_second
         self._sigma_knot = per_second * math.sqrt(SEGMENT_S)
         self._log_base = math.log(spec.base_price)
+        self._high_key, self._low_key = _hash(self.key, _HIGH), _hash(self.key, _LOW)
         # Pull back toward the base price with a half-life of ~90 days, so prices stay plausible.
         self._pull = math.log(2) / (90 * 86_400 / SEGMENT_S)
         self._forward = [self._log_base]  # knots 0, 1, 2, ...
         self._backward = [self._log_base]  # knots 0, -1, -2, ...
         self._knots_lock = threading.Lock()
-        self._nodes: dict[int, float] = {}  # bridge midpoints already drawn
-        # A bridge midpoint over a span of s seconds deviates from the mean of its ends by sigma*sqrt(s)/2.
-        self._spreads = {1 << n: per_second * math.sqrt(1 << n) / 2 for n in range(13)}
+        self._roots: dict[int, Block] = {}  # segment -> its whole block
+        self._splits: dict[int, tuple[float, Block, Block]] = {}  # midpoint -> (its value, halves)
+        self.splits_computed = 0  # blocks split so far: the model's unit of work, for tests
+        self._sigma_s = per_second
         self.log_price_at = lru_cache(maxsize=1 << 16)(self._log_price_at)
         # Quantity = mean * (1 + sum A sin(w i + phase)); sum A < 1 keeps it positive.
         self._waves = [
@@ -205,34 +221,137 @@ class _Walk:
                 side.append(prev + noise - self._pull * (prev - self._log_base))
             return side[index]
 
+    # Blocks and their extremes ---------------------------------------------------------------------
+
+    def _root(self, k: int) -> Block:
+        """The block of segment k: from knot k to knot k + 1."""
+        block = self._roots.get(k)
+        if block is None:
+            if len(self._roots) > _CACHE_LIMIT:
+                self._roots.clear()
+            left = ANCHOR_S + k * SEGMENT_S
+            block = self._block(left, left + SEGMENT_S, self._knot(k), self._knot(k + 1), None)
+            self._roots[k] = block
+        return block
+
+    def _block(self, left: int, right: int, v_left: float, v_right: float, parent: Block | None) -> Block:
+        """A block with the given ends: the parent's extremes that lie in it, its own drawn for the rest."""
+        high: tuple[float, int] | None = None
+        low: tuple[float, int] | None = None
+        if parent is not None:
+            if left <= parent[5] <= right:
+                high = parent[4], parent[5]
+            if left <= parent[7] <= right:
+                low = parent[6], parent[7]
+        if high is None:
+            cap = math.inf if parent is None else parent[4]
+            high = self._extreme(left, right, v_left, v_right, 1, cap, None if low is None else low[1])
+        if low is None:
+            cap = -math.inf if parent is None else parent[6]
+            low = self._extreme(left, right, v_left, v_right, -1, cap, high[1])
+        return left, right, v_left, v_right, high[0], high[1], low[0], low[1]
+
+    def _extreme(self, left: int, right: int, v_left: float, v_right: float, sign: int, cap: float,
+                 taken: int | None) -> tuple[float, int]:
+        """A seeded highest (sign 1) or lowest (-1) value of a bridge between the ends, and its second.
+
+        Never beyond `cap` (the parent's extreme), and never at `taken` (the second of the other
+        extreme: one second cannot be both). With no free second inside, the extreme is an end.
+        """
+        end = (v_left, left) if (v_left - v_right) * sign >= 0 else (v_right, right)
+        free = right - left - 1 - (1 if taken is not None and left < taken < right else 0)
+        if free <= 0:
+            return end
+        h = _mix((self._high_key if sign > 0 else self._low_key) ^ ((left + right) >> 1))
+        # P(max > m) = exp(-2 (m - a)(m - b) / (variance * T)) for a bridge from a to b over T seconds.
+        exponential = -math.log(((h >> 11) + 1) * (1.0 / (1 << 53)))
+        half = (v_left - v_right) / 2
+        reach = math.sqrt(half * half + self._variance_s * (right - left) * exponential / 2)
+        value = (v_left + v_right) / 2 + sign * reach
+        value = min(value, cap) if sign > 0 else max(value, cap)
+        at = left + 1 + _mix(h) % free
+        if taken is not None and left < taken <= at:
+            at += 1
+        return value, at
+
+    def _split(self, block: Block) -> tuple[float, Block, Block]:
+        """The block's midpoint value and its two halves."""
+        left, right, v_left, v_right, high, high_at, low, low_at = block
+        mid = (left + right) >> 1
+        cached = self._splits.get(mid)  # a second is the midpoint of exactly one block
+        if cached is not None:
+            return cached
+        if mid == high_at:
+            v_mid = high
+        elif mid == low_at:
+            v_mid = low
+        else:
+            # A bridge between the nearest known points on either side: the ends, and the extremes
+            # inside the block, so the path rises to its high and sinks to its low instead of spiking.
+            a, v_a, b, v_b = left, v_left, right, v_right
+            for at, value in ((high_at, high), (low_at, low)):
+                if a < at < mid:
+                    a, v_a = at, value
+                elif mid < at < b:
+                    b, v_b = at, value
+            noise = _gauss(_mix(self._bridge_key ^ (mid & _MASK)))
+            spread = self._sigma_s * math.sqrt((mid - a) * (b - mid) / (b - a))
+            v_mid = min(max(v_a + (v_b - v_a) * (mid - a) / (b - a) + spread * noise, low), high)
+        split = (v_mid, self._block(left, mid, v_left, v_mid, block), self._block(mid, right, v_mid, v_right,
+                                                                                     block))
+        if len(self._splits) > _CACHE_LIMIT:  # a bound on memory; the values come back the same
+            self._splits.clear()
+        self._splits[mid] = split
+        self.splits_computed += 1
+        return split
+
     def _log_price_at(self, second: int) -> float:
         k, offset = divmod(second - ANCHOR_S, SEGMENT_S)
-        lo, hi = 0, SEGMENT_S
-        v_lo, v_hi = self._knot(k), self._knot(k + 1)
-        nodes, spreads = self._nodes, self._spreads
-        if len(nodes) > 1_000_000:  # a bound on memory; the values come back the same when recomputed
-            nodes.clear()
-        while offset != lo:
-            mid = (lo + hi) // 2
-            node = k * SEGMENT_S + mid  # every second is the midpoint of exactly one bridge step
-            v_mid = nodes.get(node)
-            if v_mid is None:
-                v_mid = (v_lo + v_hi) / 2 + spreads[hi - lo] * _gauss(_mix(self._bridge_key ^ (node & _MASK)))
-                nodes[node] = v_mid
-            if offset < mid:
-                hi, v_hi = mid, v_mid
-            else:
-                lo, v_lo = mid, v_mid
-        return v_lo
+        if offset == 0:
+            return self._knot(k)
+        block = self._root(k)
+        while True:
+            v_mid, lower, upper = self._split(block)
+            mid = lower[1]
+            if second == mid:
+                return v_mid
+            block = lower if second < mid else upper
 
-    def price_e8(self, t_ms: int) -> int:
-        """The walk at `t_ms` (straight line between whole seconds), rounded to the tick."""
-        second, frac = divmod(t_ms, 1000)
-        log_price = self.log_price_at(second)
-        if frac:
-            log_price += (self.log_price_at(second + 1) - log_price) * frac / 1000
+    def log_extremes(self, first_second: int, last_second: int) -> tuple[float, float]:
+        """(lowest, highest) log price over the whole seconds first_second..last_second."""
+        low, high = math.inf, -math.inf
+        k_first = (first_second - ANCHOR_S) // SEGMENT_S
+        k_last = (last_second - ANCHOR_S) // SEGMENT_S
+        stack = [self._root(k) for k in range(k_first, k_last + 1)]
+        while stack:
+            block = stack.pop()
+            left, right = block[0], block[1]
+            if last_second < left or right < first_second:
+                continue
+            if first_second <= left and right <= last_second:
+                low, high = min(low, block[6]), max(high, block[4])
+            elif right - left == 1:  # no second inside: the one end in the span
+                value = block[2] if first_second <= left else block[3]
+                low, high = min(low, value), max(high, value)
+            else:
+                _, lower, upper = self._split(block)
+                stack += (lower, upper)
+        return low, high
+
+    def to_e8(self, log_price: float) -> int:
+        """A log price as a price in 1e-8, rounded to the tick (monotonic: extremes stay extremes)."""
         tick = self.spec.tick_e8
         return max(1, round(math.exp(log_price) * E8 / tick)) * tick
+
+    def price_e8(self, t_ms: int) -> int:
+        """The walk at the second holding `t_ms`, rounded to the tick: the price of that second's trades."""
+        return self.to_e8(self.log_price_at(t_ms // 1000))
+
+    def price_range_e8(self, first: int, last: int) -> tuple[int, int]:
+        """(low, high) of the prices of trades first..last (first <= last), exactly."""
+        # Every second from the first trade's to the last one's has trades, each at the walk's price.
+        low, high = self.log_extremes(self.trade_time(first) // 1000, self.trade_time(last) // 1000)
+        return self.to_e8(low), self.to_e8(high)
 
     # Trades -----------------------------------------------------------------------------------
 
@@ -292,6 +411,14 @@ class Market:
     def has(self, symbol: str) -> bool:
         return symbol in self._walks
 
+    def work(self) -> int:
+        """Seconds priced plus blocks split so far, over every symbol: the model's unit of work (tests)."""
+        total = 0
+        for walk in self._walks.values():
+            info = walk.log_price_at.cache_info()
+            total += walk.splits_computed + info.hits + info.misses
+        return total
+
     def ticker_price(self, symbol: str, now_ms: int) -> dict[str, Any]:
         walk = self._walks[symbol]
         return {"symbol": symbol, "price": fmt8(self._last_price_e8(walk, now_ms))}
@@ -347,25 +474,19 @@ class Market:
         last = walk.last_trade_at_or_before(upto)
         if last >= first:
             open_p, close_p = walk.trade_price_e8(first), walk.trade_price_e8(last)
+            # The extremes of the trades so far: an open candle's high/low only ever widen.
+            low, high = walk.price_range_e8(first, last)
         else:  # no trade yet: Binance repeats the previous close
             open_p = close_p = walk.trade_price_e8(first - 1) if first > 0 else walk.price_e8(open_ms)
-        # Samples at fixed points of the candle (its quarters, on whole seconds), only those already
-        # past: an open candle's high/low then only ever widen, and end where the closed candle's do.
-        length = next_open_ms - open_ms
-        samples = [
-            walk.price_e8(point)
-            for point in {open_ms + (length * j // 4) // 1000 * 1000 for j in range(1, 4)}
-            if open_ms < point <= upto
-        ]
-        prices = [open_p, close_p, *samples]
+            low = high = open_p
         volume = walk.qty_sum(first, last)
-        quote = volume * (sum(prices) / len(prices)) / E8
+        quote = volume * ((open_p + close_p + low + high) / 4) / E8
         taker_share = 0.35 + 0.3 * _uniform(_hash(walk.key, _SHARE, open_ms))
         return [
             open_ms,
             fmt8(open_p),
-            fmt8(max(prices)),
-            fmt8(min(prices)),
+            fmt8(high),
+            fmt8(low),
             fmt8(close_p),
             fmt8(_e8(volume)),
             close_ms,
@@ -409,15 +530,17 @@ class Market:
         last = walk.last_trade_at_or_before(now_ms)
         if last >= first:
             open_p, last_p, last_q = walk.trade_price_e8(first), walk.trade_price_e8(last), walk.qty_e8(last)
+            low, high = walk.price_range_e8(first, last)
         else:
-            open_p = last_p = walk.price_e8(now_ms)
+            open_p = last_p = low = high = walk.price_e8(now_ms)
             last_q = 0
         prev_close = walk.trade_price_e8(first - 1) if first > 0 else open_p
-        # High/low from the traded ends and the walk every 15 minutes in between.
+        # The average from the traded ends and the walk every 15 minutes in between, inside [low, high]
+        # like any average of the window's trades.
         samples = [walk.price_e8(t) for t in range(open_ms - open_ms % 900_000 + 900_000, now_ms, 900_000)]
         prices = [open_p, last_p, *samples]
         volume = walk.qty_sum(first, last)
-        average = sum(prices) / len(prices)
+        average = min(max(sum(prices) / len(prices), low), high)
         book = self.depth(symbol, 1, now_ms)
         change = last_p - open_p
         return {
@@ -433,8 +556,8 @@ class Market:
             "askPrice": book["asks"][0][0],
             "askQty": book["asks"][0][1],
             "openPrice": fmt8(open_p),
-            "highPrice": fmt8(max(prices)),
-            "lowPrice": fmt8(min(prices)),
+            "highPrice": fmt8(high),
+            "lowPrice": fmt8(low),
             "volume": fmt8(_e8(volume)),
             "quoteVolume": fmt8(_e8(volume * average / E8)),
             "openTime": open_ms,
