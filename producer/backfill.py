@@ -4,14 +4,19 @@
 
 Pages through /api/v3/klines with startTime and limit 1000, oldest first, and loads every page (one
 transaction each) through the producer's own transform and load path. The client's rate limiter keeps
-the run inside binance.weight_budget_per_minute; a 429/418 is waited out. Run again, it resumes from the
-newest open time already stored for the symbol and interval (that kline is fetched again, in case it
-was still open). A progress bar goes to stderr.
+the run inside binance.weight_budget_per_minute; a 429/418 is waited out. A progress bar goes to stderr.
+
+Run again, it resumes at the end of the unbroken run of stored klines that starts at --since (that
+kline is fetched again, in case it was still open), not at the newest one stored: the live producer
+keeps the latest candles of its intervals, and history before them must still be filled. A gap in the
+stored klines costs one request of one kline to tell a gap Binance has too (before the symbol's
+listing, an exchange outage) from one to fill.
 """
 
 from __future__ import annotations
 
 import argparse
+import calendar
 import logging
 import re
 import sys
@@ -19,7 +24,7 @@ import time
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from tqdm import tqdm
@@ -34,6 +39,9 @@ __all__ = ["PAGE_LIMIT", "BackfillResult", "backfill", "interval_ms", "main", "p
 log = logging.getLogger("producer.backfill")
 
 PAGE_LIMIT = 1000  # the most klines Binance returns per call
+# Gaps in the stored klines looked into per run; past them the run resumes at the next gap and simply
+# fetches again what is stored after it (loads are idempotent).
+MAX_GAP_PROBES = 100
 INTERVALS: tuple[str, ...] = typing.get_args(KlineInterval)
 _DAY_MS = 86_400_000
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": _DAY_MS, "w": 7 * _DAY_MS, "M": 30 * _DAY_MS}
@@ -42,6 +50,15 @@ _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": _DAY_MS, "w": 7 * _DAY_
 def interval_ms(interval: str) -> int:
     """The length of a kline interval in ms (1M counted as 30 days: used for estimates only)."""
     return int(interval[:-1]) * _UNIT_MS[interval[-1]]
+
+
+def previous_open(open_time: datetime, interval: str) -> datetime:
+    """The open time of the kline before the one opening at `open_time` (months are calendar months)."""
+    if interval == "1M":
+        year, month = divmod(open_time.year * 12 + open_time.month - 2, 12)
+        day = min(open_time.day, calendar.monthrange(year, month + 1)[1])
+        return open_time.replace(year=year, month=month + 1, day=day)
+    return open_time - timedelta(milliseconds=interval_ms(interval))
 
 
 class KlineSource(Protocol):
@@ -54,7 +71,8 @@ class KlineSource(Protocol):
 class KlineStore(Protocol):
     def load(self, table: str, rows: Sequence[tuple[Any, ...]], *,
              delete_before: datetime | None = None) -> LoadResult: ...
-    def newest_kline_open_time(self, symbol: str, interval: str) -> datetime | None: ...
+    def kline_run(self, symbol: str, interval: str, since: datetime, until: datetime
+                  ) -> tuple[datetime, datetime, datetime | None] | None: ...
 
 
 @dataclass
@@ -69,6 +87,7 @@ class BackfillResult:
     updated: int = 0
     rejected: int = 0
     resumed_from: datetime | None = None
+    probes: int = 0  # one-kline requests made to look into gaps of the stored klines
     seconds: float = 0.0
 
 
@@ -87,12 +106,21 @@ def backfill(
 ) -> BackfillResult:
     """Load the klines of `symbol`/`interval` opening in [since, until), resuming after stored ones."""
     started = time.perf_counter()
-    newest = loader.newest_kline_open_time(symbol, interval)
-    start = since
-    if newest is not None and newest >= since:
-        start = newest
-    result = BackfillResult(symbol, interval, start, until, resumed_from=start if start != since else None)
-    cursor, end = to_epoch_ms(start), to_epoch_ms(until) - 1
+    end = to_epoch_ms(until) - 1
+
+    def fetch(start_ms: int, limit: int) -> list[Any]:
+        while True:
+            try:
+                return client.klines(symbol, interval, limit, start_time_ms=start_ms, end_time_ms=end)
+            except RateLimitedError as exc:
+                wait = max(exc.until - monotonic(), 1.0)
+                log.warning("%s; waiting %.0fs", exc, wait)
+                sleep(wait)
+
+    result = BackfillResult(symbol, interval, since, until)
+    start = _resume_point(loader, fetch, result, since, until)
+    result.start, result.resumed_from = start, (start if start != since else None)
+    cursor = to_epoch_ms(start)
     if cursor > end:
         result.seconds = time.perf_counter() - started
         return result
@@ -101,13 +129,7 @@ def backfill(
                desc=f"{symbol} {interval}", disable=not progress, dynamic_ncols=True, mininterval=0.5)
     try:
         while cursor <= end:
-            try:
-                page = client.klines(symbol, interval, page_limit, start_time_ms=cursor, end_time_ms=end)
-            except RateLimitedError as exc:
-                wait = max(exc.until - monotonic(), 1.0)
-                log.warning("%s; waiting %.0fs", exc, wait)
-                sleep(wait)
-                continue
+            page = fetch(cursor, page_limit)
             if not page:
                 break
             rows, rejects = transform_klines(page, symbol=symbol, interval=interval)
@@ -133,6 +155,30 @@ def backfill(
         bar.close()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _resume_point(loader: KlineStore, fetch: Callable[[int, int], list[Any]], result: BackfillResult,
+                  since: datetime, until: datetime) -> datetime:
+    """Where the run starts: the last kline of the unbroken stored run from `since`, else `since`."""
+    symbol, interval = result.symbol, result.interval
+    resume, at = since, since  # every kline Binance has in [since, at) is stored; resume is one of them
+    while True:
+        stored = loader.kline_run(symbol, interval, at, until)
+        if stored is None:
+            return resume
+        first, last, later = stored
+        if previous_open(first, interval) >= at:
+            # Klines missing before `first`, or Binance has none (not listed yet, an outage)?
+            if result.probes >= MAX_GAP_PROBES:
+                return resume
+            result.probes += 1
+            probe = fetch(to_epoch_ms(at), 1)
+            opens = _last_open_ms(probe, [])
+            if opens is None or opens != to_epoch_ms(first):
+                return resume
+        if later is None:
+            return last  # fetched again: it may have been open when stored
+        resume, at = last, last + timedelta(milliseconds=1)
 
 
 def _last_open_ms(page: list[Any], rows: Sequence[Any]) -> int | None:

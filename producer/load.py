@@ -524,6 +524,39 @@ class PostgresLoader:
 
         return self.transaction(work, what="newest kline lookup")
 
+    def kline_run(self, symbol: str, interval: str, since: datetime, until: datetime
+                  ) -> tuple[datetime, datetime, datetime | None] | None:
+        """The stored klines opening in [since, until): None if there are none, else (first, last, next).
+
+        `first` is the first stored one; `last` ends the unbroken run from `first` (each kline's
+        successor opens 1 ms after its close time); `next` is the first stored after the gap that
+        ends the run, None when `last` is the newest stored before `until`.
+        """
+
+        def work(cur: Cursor) -> tuple[datetime, datetime, datetime | None] | None:
+            # One pass in open_time order (the primary key's, so an index scan can feed it when the run
+            # is long), stopping at the first kline whose successor is not the next one.
+            cur.execute(
+                """
+                SELECT first_open, open_time, next_open FROM (
+                    SELECT open_time, close_time,
+                           lead(open_time) OVER w AS next_open,
+                           first_value(open_time) OVER w AS first_open
+                    FROM public.klines
+                    WHERE symbol = %s AND "interval" = %s AND open_time >= %s AND open_time < %s
+                    WINDOW w AS (ORDER BY open_time)
+                ) AS k
+                WHERE next_open IS DISTINCT FROM close_time + interval '1 millisecond'
+                ORDER BY open_time
+                LIMIT 1
+                """,
+                (symbol, interval, since, until),
+            )
+            row = cur.fetchone()
+            return None if row is None else (row[0], row[1], row[2])
+
+        return self.transaction(work, what="stored kline lookup")
+
 
 def _one_per_key(spec: TableSpec, rows: Sequence[tuple[Any, ...]]) -> Sequence[tuple[Any, ...]]:
     """One row per key, as the database would end up with: the last for upserts, the first otherwise."""

@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from pipeline.config import PipelineConfig
-from producer.backfill import backfill, interval_ms, parse_time
+from producer.app import Producer
+from producer.backfill import backfill, interval_ms, parse_time, previous_open
 from producer.binance import BinanceClient
-from producer.errors import InvalidSymbolError, RateLimitedError
+from producer.errors import BinanceUnavailableError, InvalidSymbolError, RateLimitedError
 from producer.load import PostgresLoader
 from producer.simulator import Fault, SimulatorServer, start_simulator
 from producer.transform import to_epoch_ms
@@ -110,6 +111,136 @@ def test_pages_through_history_and_resumes(rig: Rig, pg_conn: Any) -> None:
     later = backfill(rig.client, rig.loader, rig.symbol, "1h", since, rig.clock.at, progress=False)
     assert (later.klines, later.inserted, later.updated) == (4, 3, 1)
     assert len(stored(pg_conn, rig.symbol, "1h")) == 1503
+
+
+def hours(rows: list[tuple[Any, ...]]) -> list[datetime]:
+    return [r[0] for r in rows]
+
+
+def contiguous(opens: list[datetime], first: datetime, last: datetime, step: timedelta) -> bool:
+    return opens == [first + n * step for n in range((last - first) // step + 1)]
+
+
+def test_history_is_filled_after_the_live_producer_stored_recent_klines(rig: Rig, pg_conn: Any) -> None:
+    # The live producer keeps the newest 100 candles of 1m and 1h: the newest stored 1h kline is the
+    # open one, yet none of the history since 2024-01-01 is there.
+    live = Producer(rig.config, rig.client, rig.loader, now=lambda: NOW).run_endpoint("klines")
+    assert live.ok and live.result is not None and live.result.inserted == 200
+    assert len(stored(pg_conn, rig.symbol, "1h")) == 100
+    rig.server.sim.reset()
+
+    since = datetime(2024, 1, 1, tzinfo=UTC)
+    result = backfill(rig.client, rig.loader, rig.symbol, "1h", since, NOW, progress=False)
+    opens = hours(stored(pg_conn, rig.symbol, "1h"))
+    last = datetime(2024, 3, 1, 12, tzinfo=UTC)
+    assert contiguous(opens, since, last, timedelta(hours=1)) and len(opens) == 1453
+    assert result.resumed_from is None and result.start == since
+    assert (result.klines, result.inserted, result.updated) == (1453, 1353, 0)
+    # One look at whether Binance has klines before the stored ones, then two pages.
+    assert (result.probes, result.pages, len(rig.klines_requests())) == (1, 2, 3)
+    assert len(stored(pg_conn, rig.symbol, "1m")) == 100, "the other interval is left alone"
+
+    # Run again: it resumes at the newest kline of the unbroken run, with one request.
+    rig.server.sim.reset()
+    again = backfill(rig.client, rig.loader, rig.symbol, "1h", since, NOW, progress=False)
+    assert again.resumed_from == last
+    assert (again.probes, again.pages, again.klines, again.inserted) == (0, 1, 1, 0)
+    assert len(rig.klines_requests()) == 1
+
+
+class GoesAway:
+    """The real client, until Binance stops answering after `calls` kline requests."""
+
+    def __init__(self, client: BinanceClient, calls: int) -> None:
+        self.client, self.calls = client, calls
+
+    @property
+    def weight_used(self) -> int:
+        return self.client.weight_used
+
+    def klines(self, symbol: str, interval: str, limit: int, start_time_ms: int | None = None,
+               end_time_ms: int | None = None) -> list[Any]:
+        if self.calls == 0:
+            raise BinanceUnavailableError("Binance went away (test)")
+        self.calls -= 1
+        return self.client.klines(symbol, interval, limit, start_time_ms, end_time_ms)
+
+
+def test_an_interrupted_backfill_resumes_where_it_stopped(rig: Rig, pg_conn: Any) -> None:
+    since = datetime(2024, 1, 1, tzinfo=UTC)
+    Producer(rig.config, rig.client, rig.loader, now=lambda: NOW).run_endpoint("klines")
+    # The first run stops after its first page of 300 (the probe before it is a request too).
+    with pytest.raises(BinanceUnavailableError):
+        backfill(GoesAway(rig.client, 2), rig.loader, rig.symbol, "1h", since, NOW, page_limit=300,
+                 progress=False)
+    assert len(stored(pg_conn, rig.symbol, "1h")) == 300 + 100
+    rig.server.sim.reset()
+    resumed = backfill(rig.client, rig.loader, rig.symbol, "1h", since, NOW, progress=False)
+    assert resumed.resumed_from == since + timedelta(hours=299)
+    assert resumed.probes == 1  # the gap: Binance has its klines, so they are fetched
+    assert (resumed.pages, resumed.klines, resumed.inserted) == (2, 1154, 1053)
+    opens = hours(stored(pg_conn, rig.symbol, "1h"))
+    assert contiguous(opens, since, datetime(2024, 3, 1, 12, tzinfo=UTC), timedelta(hours=1))
+
+
+def test_a_gap_binance_has_too_is_not_fetched_again(rig: Rig, pg_conn: Any) -> None:
+    # Before the listing (the simulator's first trade is on 2017-08-17) there are no klines.
+    since = datetime(2017, 1, 1, tzinfo=UTC)
+    first = backfill(rig.client, rig.loader, rig.symbol, "1d", since, NOW, progress=False)
+    opens = hours(stored(pg_conn, rig.symbol, "1d"))
+    assert opens[0] == datetime(2017, 8, 17, tzinfo=UTC) and first.klines == len(opens) == 2389
+    assert contiguous(opens, opens[0], datetime(2024, 3, 1, tzinfo=UTC), timedelta(days=1))
+    rig.server.sim.reset()
+    again = backfill(rig.client, rig.loader, rig.symbol, "1d", since, NOW, progress=False)
+    assert again.resumed_from == datetime(2024, 3, 1, tzinfo=UTC)
+    assert (again.probes, again.pages, again.klines) == (1, 1, 1)
+    assert len(rig.klines_requests()) == 2
+
+
+class Outage:
+    """The real client, but Binance has no klines opening in [start, stop) (an exchange outage).
+
+    `calls` counts the requests Binance would have had (one per call).
+    """
+
+    def __init__(self, client: BinanceClient, start: datetime, stop: datetime) -> None:
+        self.client, self.start, self.stop = client, to_epoch_ms(start), to_epoch_ms(stop)
+        self.calls = 0
+
+    @property
+    def weight_used(self) -> int:
+        return self.client.weight_used
+
+    def klines(self, symbol: str, interval: str, limit: int, start_time_ms: int | None = None,
+               end_time_ms: int | None = None) -> list[Any]:
+        self.calls += 1
+        page = self.client.klines(symbol, interval, limit, start_time_ms, end_time_ms)
+        before = [k for k in page if k[0] < self.start]
+        if len(before) == len(page) or (start_time_ms is not None and start_time_ms >= self.stop):
+            return page
+        # Binance would go on with what follows the outage.
+        return before + self.client.klines(symbol, interval, limit - len(before), self.stop, end_time_ms)
+
+
+def test_an_exchange_outage_costs_one_probe_per_run(rig: Rig, pg_conn: Any) -> None:
+    since, gap = datetime(2024, 2, 1, tzinfo=UTC), (datetime(2024, 2, 10, tzinfo=UTC), datetime(2024, 2, 11,
+                                                                                                 tzinfo=UTC))
+    client = Outage(rig.client, *gap)
+    first = backfill(client, rig.loader, rig.symbol, "1h", since, NOW, progress=False)
+    opens = hours(stored(pg_conn, rig.symbol, "1h"))
+    assert len(opens) == first.klines == 29 * 24 + 13 - 24 and gap[0] - timedelta(hours=1) in opens
+    client.calls = 0
+    again = backfill(client, rig.loader, rig.symbol, "1h", since, NOW, progress=False)
+    assert again.resumed_from == datetime(2024, 3, 1, 12, tzinfo=UTC)
+    assert (again.probes, again.pages, again.klines, client.calls) == (1, 1, 1, 2)
+
+
+def test_previous_open() -> None:
+    assert previous_open(datetime(2024, 3, 1, tzinfo=UTC), "1M") == datetime(2024, 2, 1, tzinfo=UTC)
+    assert previous_open(datetime(2024, 1, 1, tzinfo=UTC), "1M") == datetime(2023, 12, 1, tzinfo=UTC)
+    assert previous_open(datetime(2024, 1, 1, tzinfo=UTC), "1w") == datetime(2023, 12, 25, tzinfo=UTC)
+    assert previous_open(datetime(2024, 1, 1, tzinfo=UTC), "15m") == datetime(2023, 12, 31, 23, 45,
+                                                                              tzinfo=UTC)
 
 
 def test_until_is_exclusive_and_intervals_are_separate(rig: Rig, pg_conn: Any) -> None:
