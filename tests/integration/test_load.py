@@ -135,17 +135,72 @@ def test_samples_round_trip_exactly(loader: PostgresLoader, pg_conn: Any) -> Non
     ]:
         columns = ", ".join(f'"{c}"' for c in TABLES[table].columns)
         stored = select(pg_conn, f"SELECT {columns} FROM {table} WHERE symbol = %s", sym)
-        assert sorted(stored) == sorted(tuple(r) for r in rows), table  # Decimal and datetime equality
-    # numeric(38,18) keeps the value; the digits come back at scale 18.
-    [(text,)] = select(pg_conn, "SELECT price::text FROM latest_prices WHERE symbol = %s", sym)
-    assert text == "3866.440000000000000000"
-    [(close_time, quote)] = select(
-        pg_conn, "SELECT close_time, quote_volume FROM klines WHERE symbol = %s", sym
-    )
+        assert sorted(stored) == sorted(tuple(r) for r in rows), table  # the non-numeric columns too
+    # Every numeric column, as PostgreSQL's own text, against the digits the samples carry: Decimal
+    # equality would pass whatever the scale or a trailing digit lost beyond it.
+    stored_text, expected_text = numeric_texts(pg_conn, sym), recorded_numeric_texts()
+    assert stored_text == expected_text
+    assert len(expected_text) == 1 + 20 + 6 + 8 + 15  # no column left out
+    assert stored_text["latest_prices", "price"] == "3866.440000000000000000"
+    [(close_time,)] = select(pg_conn, "SELECT close_time FROM klines WHERE symbol = %s", sym)
     assert close_time == datetime(2021, 12, 17, 23, 59, 59, 999000, tzinfo=UTC)
-    assert quote == Decimal("819993474.31887900")
     [(updated_at,)] = select(pg_conn, "SELECT updated_at FROM latest_prices WHERE symbol = %s", sym)
     assert updated_at == NOW  # microseconds included
+
+
+def at_scale_18(text: str) -> str:
+    """A decimal string as numeric(38,18)::text writes it: the digits as sent, zeros to 18 places."""
+    whole, _, fraction = text.partition(".")
+    assert len(fraction) <= 18, text
+    return f"{whole}.{fraction.ljust(18, '0')}"
+
+
+NumericTexts = dict[tuple[str, ...], str]
+
+
+def numeric_texts(conn: Any, symbol: str) -> NumericTexts:
+    """(table, row key..., column) -> column::text for every numeric column of `symbol`'s rows."""
+    out: NumericTexts = {}
+    for table, key in [("latest_prices", ()), ("order_book_levels", ("side", "level")),
+                       ("trades", ("trade_id",)), ("klines", ()), ("ticker_24hr", ())]:
+        spec = TABLES[table]
+        numeric = [c for c, t in zip(spec.columns, spec.types, strict=True) if t is Decimal]
+        columns = ", ".join([*(f'"{c}"::text' for c in key), *(f'"{c}"::text' for c in numeric)])
+        for row in select(conn, f"SELECT {columns} FROM {table} WHERE symbol = %s", symbol):
+            for column, text in zip(numeric, row[len(key):], strict=True):
+                out[(table, *row[:len(key)], column)] = text
+    return out
+
+
+def recorded_numeric_texts() -> NumericTexts:
+    """What numeric_texts must find after loading the samples: taken from the JSON strings themselves."""
+    price = sample("ticker_price_single_ETHUSDT_real_2021-12-17.json")
+    out: NumericTexts = {("latest_prices", "price"): price["price"]}
+    book = sample("depth_ETHUSDT_limit5_real_2021-12-17.json")
+    for side in ("bid", "ask"):
+        for level, (price, qty) in enumerate(book[side + "s"]):
+            out[("order_book_levels", side, str(level), "price")] = price
+            out[("order_book_levels", side, str(level), "quantity")] = qty
+    for trade in sample("trades_ETHUSDT_limit2_real_2021-12-17.json"):
+        for column, field in (("price", "price"), ("quantity", "qty"), ("quote_quantity", "quoteQty")):
+            out[("trades", str(trade["id"]), column)] = trade[field]
+    [kline] = sample("klines_ETHUSDT_1d_limit1_real_2021-12-17.json")
+    for column, index in (("open_price", 1), ("high_price", 2), ("low_price", 3), ("close_price", 4),
+                          ("volume", 5), ("quote_volume", 7), ("taker_buy_base_volume", 9),
+                          ("taker_buy_quote_volume", 10)):
+        out[("klines", column)] = kline[index]
+    ticker = sample("docs_ticker_24hr_full_single.json")
+    for column, field in (
+        ("price_change", "priceChange"), ("price_change_percent", "priceChangePercent"),
+        ("weighted_avg_price", "weightedAvgPrice"), ("prev_close_price", "prevClosePrice"),
+        ("last_price", "lastPrice"), ("last_quantity", "lastQty"), ("bid_price", "bidPrice"),
+        ("bid_quantity", "bidQty"), ("ask_price", "askPrice"), ("ask_quantity", "askQty"),
+        ("open_price", "openPrice"), ("high_price", "highPrice"), ("low_price", "lowPrice"),
+        ("volume", "volume"), ("quote_volume", "quoteVolume"),
+    ):
+        out[("ticker_24hr", column)] = ticker[field]
+    assert all(isinstance(text, str) for text in out.values())
+    return {key: at_scale_18(text) for key, text in out.items()}
 
 
 def test_identical_reload_changes_nothing(loader: PostgresLoader, pg_conn: Any) -> None:
