@@ -1,13 +1,16 @@
 """The producer's polling loop: every endpoint, for every symbol, on its own schedule, into PostgreSQL.
 
 One cycle of an endpoint fetches it for each symbol (klines: each symbol and interval), transforms the
-answers, and loads all the rows in one transaction, then logs one line:
+answers, and loads all the rows in one transaction, then logs one line, where `weight` is what this
+cycle's requests weighed and `weight_1m` the weight used on the host in the last minute:
 
-  depth: symbols=BTCUSDT,ETHUSDT ok=2/2 inserted=40 updated=0 deleted=40 rejected=0 weight=16 duration=0.016s
+  depth: symbols=BTCUSDT ok=1/1 inserted=8 updated=0 deleted=0 rejected=0 weight=5 weight_1m=9 duration=0.016s
 
 What goes wrong is contained:
 * an unknown symbol (InvalidSymbolError) is logged once and never asked for again; the others go on;
 * a 429/418 (RateLimitedError) pauses every endpoint until the ban ends;
+* a 451 (RestrictedLocationError: the host refuses our location) is logged once and pauses every
+  endpoint for RESTRICTED_PAUSE_SECONDS, then the host is tried again;
 * Binance failing (BinanceUnavailableError, other API errors) fails that symbol for this cycle;
 * a malformed record is rejected alone (and counted); the rest of its batch is loaded;
 * PostgreSQL failing (DatabaseError) fails this cycle of this endpoint; the next tick tries again.
@@ -60,6 +63,9 @@ __all__ = [
 log = logging.getLogger("producer")
 
 ENDPOINTS = ("ticker_price", "depth", "trades", "klines", "ticker_24hr")
+# A host answering 451 refuses our location: asking it again every cycle only repeats the error. It is
+# tried again after this long (a config change to binance.base_url needs a restart anyway).
+RESTRICTED_PAUSE_SECONDS = 300.0
 # At most this many rejected records are logged one by one per endpoint cycle; the rest are counted.
 MAX_REJECTS_LOGGED = 5
 
@@ -75,6 +81,8 @@ class BinanceAPI(Protocol):
     def ticker_24hr(self, symbol: str) -> dict[str, Any]: ...
     @property
     def weight_used(self) -> int: ...
+    @property
+    def weight_sent(self) -> int: ...
 
 
 class Loader(Protocol):
@@ -100,7 +108,8 @@ class CycleReport:
     rejected: int = 0
     result: LoadResult | None = None
     load_error: str | None = None
-    weight_used: int = 0
+    weight: int = 0  # what this cycle's requests weighed (retries included)
+    weight_used: int = 0  # the host's weight in the last minute, every endpoint's and cycle's
     seconds: float = 0.0
     skipped: str | None = None  # why the cycle did not run at all
     interrupted: bool = False
@@ -118,7 +127,7 @@ class CycleReport:
             f"{self.endpoint}: symbols={','.join(self.symbols)} ok={self.fetched}/{self.calls} "
             f"inserted={r.inserted} "
             f"updated={r.updated} deleted={r.deleted} rejected={self.rejected} "
-            f"weight={self.weight_used} duration={self.seconds:.3f}s"
+            f"weight={self.weight} weight_1m={self.weight_used} duration={self.seconds:.3f}s"
         )
         if self.failed:
             text += " failed=[" + "; ".join(self.failed) + "]"
@@ -152,6 +161,7 @@ class Producer:
         self.monotonic = monotonic
         self.invalid_symbols: set[str] = set()
         self.paused_until = 0.0
+        self.restricted_until = 0.0  # a 451: no request before this (monotonic) time
         # A plain flag, polled: safe to set from a signal handler (an Event's lock is not re-entrant).
         self._stopping = False
         self.stop_reason = ""
@@ -219,12 +229,14 @@ class Producer:
         """One cycle of one endpoint; logs its line; never raises (but for KeyboardInterrupt & co)."""
         report = CycleReport(endpoint)
         started = time.perf_counter()
+        sent_before = self._weight_sent()
         try:
             self._run(endpoint, report)
         except Exception as exc:  # a bug must not kill the producer; the next tick tries again
             log.exception("%s: cycle failed unexpectedly", endpoint)
             report.load_error = report.load_error or f"{type(exc).__name__}: {exc}"
         report.seconds = time.perf_counter() - started
+        report.weight = max(self._weight_sent() - sent_before, 0)
         report.weight_used = self._weight_used()
         level = logging.INFO if report.ok or report.skipped or report.interrupted else logging.WARNING
         log.log(level, "%s", report.line())
@@ -234,6 +246,10 @@ class Producer:
         remaining = self.paused_until - self.monotonic()
         if remaining > 0:
             report.skipped = f"Binance rate limit: {remaining:.0f}s of the pause left"
+            return
+        remaining = self.restricted_until - self.monotonic()
+        if remaining > 0:
+            report.skipped = f"Binance HTTP 451, restricted location: {remaining:.0f}s of the pause left"
             return
         symbols = [s for s in self.config.binance.symbols if s not in self.invalid_symbols]
         if not symbols:
@@ -274,13 +290,14 @@ class Producer:
                     report.failed.append(f"{label}: rate limited")
                     break  # load what was fetched; every endpoint waits for the pause to end
                 except RestrictedLocationError as exc:
-                    log.error("%s; set binance.base_url to https://data-api.binance.vision", exc)
+                    self._restricted(exc)
                     report.failed.append(f"{label}: HTTP 451 restricted location")
+                    break  # the host refuses every request from here: pause them all
                 except ProducerError as exc:
                     report.failed.append(f"{label}: {type(exc).__name__}: {exc}")
             else:
                 continue
-            break  # rate limited
+            break  # rate limited or restricted
         report.rejected = len(rejects)
         for reject in rejects[:MAX_REJECTS_LOGGED]:
             log.warning("rejected record: %s", reject)
@@ -330,9 +347,24 @@ class Producer:
             self.paused_until = exc.until
             log.warning("%s: every endpoint pauses for %.0fs", exc, max(exc.until - self.monotonic(), 0.0))
 
+    def _restricted(self, exc: RestrictedLocationError) -> None:
+        """One ERROR per pause, not one per symbol, endpoint and cycle."""
+        now = self.monotonic()
+        if now >= self.restricted_until:
+            self.restricted_until = now + RESTRICTED_PAUSE_SECONDS
+            log.error("%s; every endpoint pauses for %.0fs. Set binance.base_url to "
+                      "https://data-api.binance.vision (or https://api.binance.us in the US)",
+                      exc, RESTRICTED_PAUSE_SECONDS)
+
     def _weight_used(self) -> int:
         try:
             return int(self.client.weight_used)
+        except Exception:  # a fake client without the figure
+            return 0
+
+    def _weight_sent(self) -> int:
+        try:
+            return int(self.client.weight_sent)
         except Exception:  # a fake client without the figure
             return 0
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -93,6 +94,8 @@ class BinanceClient:
         self._timeout = (config.connect_timeout_seconds, config.read_timeout_seconds)
         self._session = session if session is not None else requests.Session()
         self._session.headers.update({"Accept": "application/json", "User-Agent": USER_AGENT})
+        self._weight_sent = 0
+        self._weight_lock = threading.Lock()
 
     # --- the five calls -------------------------------------------------------------------------
 
@@ -136,6 +139,14 @@ class BinanceClient:
     def weight_used(self) -> int:
         """Request weight used on this host in the last minute (ours, or the server's figure if higher)."""
         return self.limiter.weight_used
+
+    @property
+    def weight_sent(self) -> int:
+        """Request weight of every request this client has sent (retries included), ever.
+
+        The difference across a piece of work is that work's own weight, whatever else shares the minute.
+        """
+        return self._weight_sent
 
     def close(self) -> None:
         self._session.close()
@@ -211,6 +222,8 @@ class BinanceClient:
         self.limiter.acquire(weight)
         # Checked again: another thread may have met a 429 while we waited for budget.
         self._refuse_if_paused(endpoint, symbol)
+        with self._weight_lock:
+            self._weight_sent += weight
         try:
             response = self._session.get(self._base_url + endpoint, params=params, timeout=self._timeout)
         except _RETRYABLE:

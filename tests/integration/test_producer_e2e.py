@@ -190,7 +190,9 @@ def test_one_cycle_fills_all_five_tables_and_an_identical_one_changes_nothing(
         f"trades: symbols={','.join(rig.symbols)} ok=2/2 inserted=100 updated=0 deleted=0 rejected=0 weight="
     )
     assert "rejected=0 weight=" in lines[1] and "duration=" in lines[1]
-    assert all(int(r.line().split("weight=")[1].split()[0]) > 0 for r in first)
+    # weight: what the cycle's own requests weighed; weight_1m: the host's minute, every cycle's so far.
+    assert [int(r.line().split(" weight=")[1].split()[0]) for r in first] == [4, 10, 50, 8, 4]
+    assert [int(r.line().split(" weight_1m=")[1].split()[0]) for r in first] == [4, 14, 64, 72, 76]
 
     second = rig.producer.run_once()
     assert all(r.ok for r in second)
@@ -447,7 +449,8 @@ def test_cli_once(
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if " producer: " in line and "symbols=" in line]
     assert [line.split(" producer: ")[1].split(":")[0] for line in lines] == list(ENDPOINTS)
-    assert all("inserted=" in line and "weight=" in line and "duration=" in line for line in lines)
+    assert all("inserted=" in line and " weight=" in line and " weight_1m=" in line and "duration=" in line
+               for line in lines)
     assert all(snapshot(pg_conn, symbols).values())
 
 
