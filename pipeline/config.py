@@ -329,9 +329,10 @@ def load(
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
+        # Not the byte itself: it may be part of a password.
         raise ConfigError([
-            f"{path}: not valid UTF-8 at byte offset {exc.start} (line {line}): {exc.reason} "
-            f"(byte 0x{data[exc.start]:02x}); save the file as UTF-8"
+            f"{path}: not valid UTF-8 at byte offset {exc.start} (line {line}): {exc.reason}; "
+            "save the file as UTF-8"
         ]) from None
     try:
         raw = yaml.safe_load(text)
@@ -368,8 +369,9 @@ def _interpolate(value: Any, path: str, env: Mapping[str, str], problems: list[s
         if default is not None and "${" in default:
             # The pattern ends at the first "}": with A unset, ${A:-${B}} would become the literal text
             # "${B}", silently.
+            found = "a default with ${...} in it" if _is_secret(path) else f'"{value}"'
             problems.append(f"{path}: expected a ${{{name}:-default}} whose default has no ${{...}} "
-                            f'(nested defaults are not supported), got "{value}"')
+                            f"(nested defaults are not supported), got {found}")
             return ""
         if name in env and env[name] != "":
             return env[name]
@@ -379,6 +381,11 @@ def _interpolate(value: Any, path: str, env: Mapping[str, str], problems: list[s
         return ""
 
     return _VAR.sub(substitute, value)
+
+
+def _is_secret(path: str) -> bool:
+    """Whether the setting at a YAML path (`postgres.password`, `mappings[0].table`) is a Secret."""
+    return _type_at(PipelineConfig, re.sub(r"\[\d+\]", "", path).split(".")) is Secret
 
 
 def _apply_overrides(raw: dict[str, Any], env: Mapping[str, str], problems: list[str]) -> None:

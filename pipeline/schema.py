@@ -151,8 +151,13 @@ class _Builder:
             if not isinstance(value, str):
                 # YAML reads `0123` as 83 (octal) and `12_34` as 1234: str() of what it parsed is not
                 # what was written, so a text setting must be written as a string.
-                hint = " (quote it)" if not isinstance(value, (Mapping, list)) and value is not None else ""
-                return self.fail(path, f"expected a string{hint}, got {_describe(value)}")
+                scalar = not isinstance(value, (Mapping, list)) and value is not None
+                found = _describe(value)
+                if tp is Secret and scalar:  # even misread, it is (most of) a password
+                    kind = "a boolean" if isinstance(value, bool) else (
+                        "a number" if isinstance(value, (int, float)) else f"a {type(value).__name__}")
+                    found = f"{kind} (not shown: a secret)"
+                return self.fail(path, f"expected a string{' (quote it)' if scalar else ''}, got {found}")
             text = value
             pattern = meta.get("pattern")
             if pattern and not re.fullmatch(pattern, text):

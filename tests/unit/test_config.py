@@ -109,13 +109,14 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
      ("2024-01-01", "datetime.date(2024, 1, 1)")],
 )
 def test_text_settings_refuse_what_yaml_read_as_a_number(tmp_path: Path, yaml_value: str, found: str) -> None:
-    # YAML 1.1 reads 0123 as octal 83: str() of it would silently be a different password.
+    # YAML 1.1 reads 0123 as octal 83: str() of it would silently be a different user or password.
     text = f"postgres:\n  password: {yaml_value}\n  user: {yaml_value}\n"
     if found.startswith('"'):  # PyYAML reads 1e3 (no dot) as a string: accepted as written
         assert load(write(tmp_path, text), ENV).postgres.password.reveal() == yaml_value
         return
+    kind = {"True": "a boolean", "datetime.date(2024, 1, 1)": "a date"}.get(found, "a number")
     assert sorted(problems(tmp_path, text)) == [
-        f"postgres.password: expected a string (quote it), got {found}",
+        f"postgres.password: expected a string (quote it), got {kind} (not shown: a secret)",
         f"postgres.user: expected a string (quote it), got {found}",
     ]
 
@@ -134,7 +135,7 @@ def test_a_file_that_is_not_utf8_names_the_file_and_byte(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as info:
         load(path, ENV)
     assert info.value.problems == [
-        f"{path}: not valid UTF-8 at byte offset 21 (line 2): invalid continuation byte (byte 0xe9); "
+        f"{path}: not valid UTF-8 at byte offset 21 (line 2): invalid continuation byte; "
         "save the file as UTF-8"
     ]
     proc = run_cli("--config", str(path), "check", env=ENV)
@@ -189,9 +190,17 @@ def test_interpolation(tmp_path: Path) -> None:
 @pytest.mark.parametrize("value", ["${PW:-${OTHER}}", "x${PW:-${OTHER:-y}}z"])
 def test_a_variable_inside_a_default_is_refused(tmp_path: Path, value: str) -> None:
     # Unrefused, ${PW:-${OTHER}} with PW unset would be the literal text "${OTHER}", silently.
-    found = problems(tmp_path, {"postgres": {"password": value}}, {"OTHER": "o"})
-    assert found == [f"postgres.password: expected a ${{PW:-default}} whose default has no ${{...}} "
-                     f'(nested defaults are not supported), got "{value}"']
+    found = problems(tmp_path, {"postgres": {"password": value, "host": value}}, {"OTHER": "o"})
+    expected = "expected a ${PW:-default} whose default has no ${...} (nested defaults are not supported)"
+    assert sorted(found) == [f'postgres.host: {expected}, got "{value}"',
+                             f"postgres.password: {expected}, got a default with ${{...}} in it"]  # a secret
+
+
+def test_a_password_written_as_a_number_is_not_echoed(tmp_path: Path) -> None:
+    found = problems(tmp_path, "postgres:\n  password: 7391528460\nkafka:\n  sasl_password: 017\n")
+    assert found == ["postgres.password: expected a string (quote it), got a number (not shown: a secret)",
+                     "kafka.sasl_password: expected a string (quote it), got a number (not shown: a secret)"]
+    assert not any("7391528460" in p or "15" in p for p in found)
 
 
 def test_missing_variable_names_path_and_variable(tmp_path: Path) -> None:
