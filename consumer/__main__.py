@@ -20,8 +20,8 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from consumer.app import Member, StopSignals, worker_main
-from pipeline.cli import add_config_argument, load_or_exit, run, setup_logging
+from consumer.app import Member, worker_main
+from pipeline.cli import StopSignals, add_config_argument, load_or_exit, run, setup_logging
 
 log = logging.getLogger("consumer")
 

@@ -61,6 +61,7 @@ from consumer.mapping import Mappings, build_mappings, cql_table_from_metadata
 from consumer.metrics import ConsumerMetrics
 from consumer.offsets import OffsetTracker, PartitionState, TopicPartition
 from consumer.sink import CassandraSink, Request, WriteLike, is_transient
+from pipeline.cli import StopSignals
 from pipeline.clients import kafka_client_options
 from pipeline.config import KafkaConfig, MappingConfig, PipelineConfig
 from pipeline.schema import ConfigError
@@ -85,25 +86,6 @@ TOPIC_RECHECK = 10.0
 # Seconds between updates of the lag gauges when no commit updates them (Cassandra down, idle).
 LAG_EVERY = 5.0
 
-
-class StopSignals:
-    """Counts SIGTERM/SIGINT: the first asks for a clean stop, a later one for an immediate exit.
-
-    A signal within REPEAT_WINDOW seconds of the first is the same request delivered twice, not a second
-    one: a terminal's Ctrl-C reaches every process of the group while `--workers` also forwards it, and
-    GNU timeout signals both the child and its group."""
-
-    REPEAT_WINDOW = 1.0
-
-    def __init__(self) -> None:
-        self.first: float | None = None
-
-    def is_second(self) -> bool:
-        now = time.monotonic()
-        if self.first is None:
-            self.first = now
-            return False
-        return now - self.first >= self.REPEAT_WINDOW
 
 
 def topic_for(config: PipelineConfig, mapping: MappingConfig) -> str:

@@ -6,11 +6,32 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from pipeline.config import DEFAULT_CONFIG_PATH, ConfigError, PipelineConfig, load, to_plain
 
 EXIT_CONFIG = 2
+
+
+class StopSignals:
+    """Counts SIGTERM/SIGINT: the first asks for a clean stop, a later one for an immediate exit.
+
+    A signal within REPEAT_WINDOW seconds of the first is the same request delivered twice, not a second
+    one: a terminal's Ctrl-C reaches every process of the group (make and its child; the consumer's
+    `--workers` parent, which also forwards it), and GNU timeout signals both the child and its group."""
+
+    REPEAT_WINDOW = 1.0
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+
+    def is_second(self) -> bool:
+        now = time.monotonic()
+        if self.first is None:
+            self.first = now
+            return False
+        return now - self.first >= self.REPEAT_WINDOW
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any, Protocol
 
+from pipeline.cli import StopSignals
 from pipeline.config import PipelineConfig
 from producer.errors import (
     DatabaseError,
@@ -379,17 +380,21 @@ _TABLE = {
 
 
 def install_signal_handlers(producer: Producer) -> None:
-    """SIGINT/SIGTERM: the first stops the producer cleanly, a second exits at once (128 + signal).
+    """SIGINT/SIGTERM: the first stops the producer cleanly, a second exits at once (128 + signal);
+    a repeat within StopSignals.REPEAT_WINDOW is the first one delivered twice.
 
     The handler only sets a flag or writes with os.write: it may interrupt the main thread anywhere,
     even inside logging or print, whose locks and buffers are not safe to re-enter.
     """
+    stop_signals = StopSignals()
 
     def handle(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if producer.stopping:
+        if stop_signals.is_second():
             os.write(2, f"producer: second {name}: exiting now\n".encode())
             os._exit(128 + signum)
+        if producer.stopping:
+            return
         os.write(2, f"producer: {name}: finishing the current write, then exiting "
                     f"({name} again to exit at once)\n".encode())
         producer.stop(name)
