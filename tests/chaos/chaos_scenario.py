@@ -183,6 +183,7 @@ class Scenario:
         r = self.result
         assert self.fault_end is not None, "the fault was never injected"
         r.events = self.stop_stream()
+        assert r.events > 0, "no change streamed through the pipeline during the scenario"
         equal, reports = wait_clean(self.config, self.run.all_symbols, timeout, self.check)
         r.recovery_s = round(time.monotonic() - self.fault_end, 1) if equal else None
         r.__dict__.update(classify(self.config, self.run.all_symbols))
