@@ -247,6 +247,19 @@ class ConnectClient:
         body = resp.json()
         return body if isinstance(body, dict) else None
 
+    def stored_lsn(self, name: str) -> int | None:
+        """The newest WAL position in the connector's source offsets; None if it has none (or is absent)."""
+        resp = self.request("GET", f"/connectors/{quote(name, safe='')}/offsets", ok=(200, 404))
+        if resp.status_code == 404:
+            return None
+        try:
+            entries = resp.json().get("offsets") or []
+            lsns = [e["offset"]["lsn"] for e in entries if isinstance(e.get("offset"), dict)]
+        except (ValueError, AttributeError, KeyError, TypeError):
+            return None   # an answer not shaped as Connect's offsets API: nothing to compare
+        ints = [v for v in lsns if type(v) is int]
+        return max(ints) if ints else None
+
     def task_configs(self, name: str) -> list[dict[str, str]] | None:
         """The raw configs of the connector's tasks (GET /connectors/<name>/tasks), None if unregistered.
 
@@ -396,6 +409,58 @@ def check_publication(config: PipelineConfig) -> None:
         )
 
 
+def current_wal_lsn(config: PipelineConfig) -> int:
+    """PostgreSQL's current WAL write position, as an integer (the form Debezium's offsets use)."""
+    conn = _connect_as_debezium(config)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    assert row is not None
+    return int(row[0])
+
+
+def lsn_text(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def offsets_ahead(stored: int | None, current: int) -> str | None:
+    """The problem when the connector's stored position is beyond the database's WAL, else None.
+
+    That happens when the database was re-created (initdb, a restore from a dump) while Kafka kept the
+    connector's offsets: Debezium would take every change below the stored LSN for one it already sent and
+    skip it, and the consumer's write timestamps (taken from LSNs) would lose to the old rows in Cassandra.
+    """
+    if stored is None or stored <= current:
+        return None
+    return (
+        f"its stored offsets are at LSN {lsn_text(stored)}, beyond PostgreSQL's WAL at {lsn_text(current)}:"
+        " the database was re-initialised since, and changes would be skipped until the WAL got there."
+        " Reset: python -m pipeline.connector delete --purge, truncate the Cassandra tables (or raise"
+        " consumer.timestamp_offset above every timestamp written), then make register-connector"
+        " (a new snapshot)"
+    )
+
+
+def check_offsets(config: PipelineConfig, client: ConnectClient) -> None:
+    """Raise ConnectorError when the connector's stored offsets are ahead of the database's WAL."""
+    import psycopg2
+
+    name = config.debezium.connector_name
+    stored = client.stored_lsn(name)
+    if stored is None:
+        return
+    try:
+        current = current_wal_lsn(config)
+    except psycopg2.Error as exc:
+        raise ConnectorError(f"PostgreSQL: reading the WAL position: {' '.join(str(exc).split())}") from None
+    problem = offsets_ahead(stored, current)
+    if problem:
+        raise ConnectorError(f"connector {name}: {problem}")
+
+
 def carries(task_configs: Sequence[Mapping[str, str]] | None, props: Mapping[str, str]) -> bool:
     """True when there are tasks and every one was generated from `props` (a task's config is the
     connector's plus keys Connect adds, such as task.class)."""
@@ -415,8 +480,10 @@ def register(
 ) -> State:
     """Create or update the connector, then wait until it and its task run with this config. Idempotent.
 
-    `preflight` (default: check_publication) checks PostgreSQL before anything is stored. A connector left
-    FAILED, PAUSED or STOPPED is restarted or resumed once. Raises ConnectorError.
+    `preflight` (default: check_publication) checks PostgreSQL before anything is stored; with it, the
+    connector's stored offsets are also checked against the database's WAL (check_offsets). None skips both
+    (tests with a fake Connect). A connector left FAILED, PAUSED or STOPPED is restarted or resumed once.
+    Raises ConnectorError.
     """
     d = config.debezium
     name = d.connector_name
@@ -433,6 +500,7 @@ def register(
         )
     if preflight is not None:
         preflight(config)
+        check_offsets(config, client)
     # Validate first: for an invalid config, PUT .../config answers with an HTTP 500 (a NullPointerException
     # in Connect 4.3 formatting Debezium 3.6's answer) instead of the errors.
     problems = client.validate(name, props)

@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from pipeline.cli import add_config_argument, load_or_exit, run
 from pipeline.clients import kafka_client_options
 from pipeline.config import PipelineConfig
-from pipeline.connector import ConnectClient, ConnectorError, State, describe_error, trace_summary
+from pipeline.connector import (
+    ConnectClient,
+    ConnectorError,
+    State,
+    current_wal_lsn,
+    describe_error,
+    offsets_ahead,
+    trace_summary,
+)
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -162,7 +170,16 @@ def check_connect(config: PipelineConfig, timeout: float) -> list[Check]:
         return checks
     state = State.parse(body)
     more = [trace_summary(state.trace)] if state.failed else []
-    checks.append(Check("connector", state.running, f"{d.connector_name}: {state.describe()}", more))
+    healthy = state.running
+    try:
+        problem = offsets_ahead(client.stored_lsn(d.connector_name), current_wal_lsn(config))
+    except Exception as exc:  # PostgreSQL down: its own line says so
+        problem = None
+        more.append(f"offsets not compared with the WAL: {_reason(exc)}")
+    if problem:
+        healthy = False
+        more.append(problem)
+    checks.append(Check("connector", healthy, f"{d.connector_name}: {state.describe()}", more))
     return checks
 
 

@@ -449,3 +449,31 @@ def test_cli_exits_1_with_one_line_when_connect_is_down(
     assert connector.main(["status"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not reachable" in err and "Traceback" not in err
+
+
+def test_stored_offsets_ahead_of_the_wal_are_a_problem_naming_the_reset() -> None:
+    assert connector.offsets_ahead(None, 100) is None
+    assert connector.offsets_ahead(100, 100) is None
+    problem = connector.offsets_ahead((1 << 32) + 5, 0x2EB0000)
+    assert problem is not None
+    assert "LSN 1/5, beyond PostgreSQL's WAL at 0/2EB0000" in problem and "delete --purge" in problem
+
+
+def test_stored_lsn_reads_connects_offsets_api() -> None:
+    class Offsets(FakeConnect):
+        def __init__(self, status: int, body: Any) -> None:
+            super().__init__([None])
+            self.answer = FakeResponse(status, body)
+
+        def request(self, method: str, url: str, json: Any = None, **_: Any) -> FakeResponse:
+            assert (method, url.split("8083", 1)[1]) == ("GET", "/connectors/c/offsets")
+            return self.answer
+
+    def lsn(status: int, body: Any) -> int | None:
+        return client_for(Offsets(status, body)).stored_lsn("c")
+
+    assert lsn(200, {"offsets": [{"partition": {"server": "b"}, "offset": {"lsn": 7, "txId": 1}}]}) == 7
+    assert lsn(200, {"offsets": []}) is None
+    assert lsn(404, {"message": "no connector"}) is None
+    assert lsn(200, {"offsets": [{"partition": {}, "offset": {"lsn": "7"}}]}) is None
+    assert lsn(200, ["not", "offsets"]) is None
