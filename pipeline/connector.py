@@ -53,6 +53,8 @@ CONNECT_TIMEOUT = 3.05
 WRITE_TIMEOUT = 95.0
 READ_TIMEOUT = 15.0
 POLL_SECONDS = 1.0
+REBALANCE_WAIT = 30.0
+REBALANCE_POLL = 0.25
 RESTART_GRACE = 5.0
 
 
@@ -189,14 +191,22 @@ class ConnectClient:
         if self.max_timeout is not None:
             timeout = min(timeout, self.max_timeout)
             connect_timeout = min(connect_timeout, self.max_timeout)
-        try:
-            resp = self.session.request(
-                method, self.url + path, json=body, timeout=(connect_timeout, timeout),
-                headers={"Accept": "application/json"},
-            )
-        except requests.RequestException as exc:
-            reason = describe_error(exc)
-            raise ConnectorError(f"Kafka Connect at {self.url} is not reachable: {reason}") from None
+        # While its group rebalances (a connector was just created or deleted), Connect answers 409, or 500
+        # "a rebalance is expected", to requests that would succeed a moment later: wait those out.
+        settle = time.monotonic() + min(REBALANCE_WAIT, timeout)
+        while True:
+            try:
+                resp = self.session.request(
+                    method, self.url + path, json=body, timeout=(connect_timeout, timeout),
+                    headers={"Accept": "application/json"},
+                )
+            except requests.RequestException as exc:
+                reason = describe_error(exc)
+                raise ConnectorError(f"Kafka Connect at {self.url} is not reachable: {reason}") from None
+            rebalancing = resp.status_code in (409, 500) and "rebalanc" in (resp.text or "").lower()
+            if resp.status_code in ok or not rebalancing or time.monotonic() >= settle:
+                break
+            time.sleep(REBALANCE_POLL)
         if resp.status_code not in ok:
             raise ConnectorError(f"Kafka Connect {method} {path}: HTTP {resp.status_code}: {_message(resp)}")
         return resp
@@ -329,6 +339,11 @@ def _failure_hint(trace: str, props: Mapping[str, str]) -> str:
             f" -- hint: the Connect worker resolves {PASSWORD_REFERENCE} from its own environment: it needs"
             f" {PASSWORD_ENV} set and config.providers=env (see pipeline/connector.py)"
         )
+    if "no longer available on the server" in trace:
+        return (
+            " -- hint: the replication slot no longer holds the position the connector stored (the slot or"
+            f" the database was re-created). {RESET_ADVICE}"
+        )
     return ""
 
 
@@ -426,6 +441,12 @@ def lsn_text(lsn: int) -> str:
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
+RESET_ADVICE = (
+    "Reset: python -m pipeline.connector delete --purge, truncate the Cassandra tables (or raise"
+    " consumer.timestamp_offset above every timestamp written), then make register-connector (a new snapshot)"
+)
+
+
 def offsets_ahead(stored: int | None, current: int) -> str | None:
     """The problem when the connector's stored position is beyond the database's WAL, else None.
 
@@ -437,10 +458,8 @@ def offsets_ahead(stored: int | None, current: int) -> str | None:
         return None
     return (
         f"its stored offsets are at LSN {lsn_text(stored)}, beyond PostgreSQL's WAL at {lsn_text(current)}:"
-        " the database was re-initialised since, and changes would be skipped until the WAL got there."
-        " Reset: python -m pipeline.connector delete --purge, truncate the Cassandra tables (or raise"
-        " consumer.timestamp_offset above every timestamp written), then make register-connector"
-        " (a new snapshot)"
+        " the database was re-initialised since, and changes would be skipped until the WAL got there. "
+        + RESET_ADVICE
     )
 
 

@@ -7,46 +7,12 @@ reliably; tests/unit/test_connector_config.py plays it out against a fake Connec
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
-from kafka import KafkaAdminClient
 
-from pipeline.clients import kafka_client_options
 from pipeline.config import PipelineConfig
-from pipeline.connector import ConnectClient, carries, connector_config, delete, register, with_debezium
+from pipeline.connector import ConnectClient, carries, connector_config, register, with_debezium
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture
-def scratch(stack: PipelineConfig, pg_admin: Any) -> Iterator[PipelineConfig]:
-    run = "upd_" + uuid.uuid4().hex[:10]
-    config = with_debezium(
-        stack, connector_name=run.replace("_", "-"), slot_name=run, publication_name=run, topic_prefix=run,
-        tables=(run,), snapshot_mode="no_data",
-    )
-    cur = pg_admin.cursor()
-    cur.execute(f"CREATE TABLE public.{run} (LIKE public.latest_prices INCLUDING ALL)")
-    cur.execute(f"GRANT SELECT ON public.{run} TO {stack.debezium.user}")
-    cur.execute(f"CREATE PUBLICATION {run} FOR TABLE public.{run}")
-    try:
-        yield config
-    finally:
-        try:
-            delete(config, purge=True, say=lambda _: None)
-        finally:
-            cur.execute(f"DROP PUBLICATION IF EXISTS {run}")
-            cur.execute(f"DROP TABLE IF EXISTS public.{run}")
-            admin = KafkaAdminClient(**kafka_client_options(stack.kafka), client_id="test-connector-update")
-            try:
-                doomed = [t for t in admin.list_topics() if run in t]
-                if doomed:
-                    admin.delete_topics(doomed)
-            finally:
-                admin.close()
 
 
 def test_a_changed_config_is_running_when_register_returns(scratch: PipelineConfig) -> None:

@@ -6,14 +6,10 @@ Connect's own offsets API (PATCH, connector STOPPED). A connector of its own, re
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient
 
-from pipeline.clients import kafka_client_options
 from pipeline.config import PipelineConfig
 from pipeline.connector import (
     ConnectClient,
@@ -21,41 +17,11 @@ from pipeline.connector import (
     check_offsets,
     connector_state,
     current_wal_lsn,
-    delete,
     register,
-    with_debezium,
 )
 from pipeline.status import check_connect
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture
-def scratch(stack: PipelineConfig, pg_admin: Any) -> Iterator[PipelineConfig]:
-    run = "off_" + uuid.uuid4().hex[:10]
-    config = with_debezium(
-        stack, connector_name=run.replace("_", "-"), slot_name=run, publication_name=run, topic_prefix=run,
-        tables=(run,), snapshot_mode="no_data",
-    )
-    cur = pg_admin.cursor()
-    cur.execute(f"CREATE TABLE public.{run} (LIKE public.latest_prices INCLUDING ALL)")
-    cur.execute(f"GRANT SELECT ON public.{run} TO {stack.debezium.user}")
-    cur.execute(f"CREATE PUBLICATION {run} FOR TABLE public.{run}")
-    try:
-        yield config
-    finally:
-        try:
-            delete(config, purge=True, say=lambda _: None)
-        finally:
-            cur.execute(f"DROP PUBLICATION IF EXISTS {run}")
-            cur.execute(f"DROP TABLE IF EXISTS public.{run}")
-            admin = KafkaAdminClient(**kafka_client_options(stack.kafka), client_id="test-offsets")
-            try:
-                doomed = [t for t in admin.list_topics() if run in t]
-                if doomed:
-                    admin.delete_topics(doomed)
-            finally:
-                admin.close()
 
 
 def _stop(client: ConnectClient, config: PipelineConfig) -> None:

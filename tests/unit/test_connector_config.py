@@ -477,3 +477,36 @@ def test_stored_lsn_reads_connects_offsets_api() -> None:
     assert lsn(404, {"message": "no connector"}) is None
     assert lsn(200, {"offsets": [{"partition": {}, "offset": {"lsn": "7"}}]}) is None
     assert lsn(200, ["not", "offsets"]) is None
+
+
+def test_a_lost_slot_position_names_the_reset() -> None:
+    trace = ("io.debezium.DebeziumException: The connector is trying to read change stream starting at "
+             "PostgresOffsetContext [...], but this is no longer available on the server.")
+    hint = connector._failure_hint(trace, {})
+    assert "delete --purge" in hint and "make register-connector" in hint
+
+
+def test_requests_wait_out_a_connect_rebalance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after a connector is created or deleted, Connect answers 500 'a rebalance is expected' (or
+    409) to requests that succeed a moment later; any other error is reported at once."""
+    monkeypatch.setattr(connector, "REBALANCE_POLL", 0)
+
+    class Rebalancing:
+        def __init__(self, answers: list[FakeResponse]) -> None:
+            self.answers = answers
+            self.calls = 0
+
+        def request(self, method: str, url: str, **_: Any) -> FakeResponse:
+            self.calls += 1
+            return self.answers[min(self.calls, len(self.answers)) - 1]
+
+    busy = FakeResponse(500, {"message": "Request cannot be completed because a rebalance is expected"})
+    conflict = FakeResponse(409, {"message": "Cannot complete request momentarily due to rebalance"})
+    session = Rebalancing([busy, conflict, FakeResponse(200, [{"config": {"a": "b"}}])])
+    client = ConnectClient("http://connect:8083", session=session)  # type: ignore[arg-type]
+    assert client.request("GET", "/connectors/c/tasks").status_code == 200 and session.calls == 3
+
+    broken = Rebalancing([FakeResponse(500, {"message": "NullPointerException"})])
+    with pytest.raises(ConnectorError, match="HTTP 500: NullPointerException"):
+        ConnectClient("http://connect:8083", session=broken).request("GET", "/x")  # type: ignore[arg-type]
+    assert broken.calls == 1
