@@ -24,8 +24,7 @@ Encodings handled (Debezium 3.x):
 
 Keys: a delete's key is read from the record key; a create, read or update takes it from the primary key
 columns of `after` when the hints name them (the consumer's mappings do, from PostgreSQL's catalog), since
-the record key repeats
-exactly those values: one JSON document less to parse per message.
+the record key repeats exactly those values: one JSON document less to parse per message.
 
 Schema cache: JsonConverter with `schemas.enable=true` repeats the whole schema in every message, and
 parsing it dominates decoding. The bytes before `,"payload":` of a value or key are cached (an LRU of
