@@ -8,6 +8,7 @@ import importlib.util
 import stat
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -42,13 +43,18 @@ def calls(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
+def compose_stack(monkeypatch: pytest.MonkeyPatch, *, running: bool) -> Any:
+    """The fixture layer's stack in compose mode, with the fake docker saying whether one runs."""
+    monkeypatch.setenv("FAKE_RUNNING", "1" if running else "0")
+    conftest = load_conftest()
+    monkeypatch.setattr(conftest, "STACK_MODE", "compose")
+    return conftest._Stack()
+
+
 def test_a_running_compose_stack_is_reused_and_left_running(
     docker_log: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FAKE_RUNNING", "1")
-    conftest = load_conftest()
-    monkeypatch.setattr(conftest, "STACK_MODE", "compose")
-    stack = conftest._Stack()
+    stack = compose_stack(monkeypatch, running=True)
     stack.ensure("postgres", "kafka")
     stack.stop()
     seen = calls(docker_log)
@@ -59,10 +65,7 @@ def test_a_running_compose_stack_is_reused_and_left_running(
 def test_a_stack_the_session_starts_is_built_and_stopped_without_removing_volumes(
     docker_log: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FAKE_RUNNING", "0")
-    conftest = load_conftest()
-    monkeypatch.setattr(conftest, "STACK_MODE", "compose")
-    stack = conftest._Stack()
+    stack = compose_stack(monkeypatch, running=False)
     stack.ensure("postgres")
     stack.ensure("cassandra")  # one compose start per session
     stack.stop()
