@@ -38,6 +38,7 @@ from cassandra.query import (
 )
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
 
+from consumer.encode import Encoder, bind, encoders
 from consumer.errors import PermanentError, SinkUnavailableError
 from pipeline.config import CassandraConfig
 
@@ -163,7 +164,9 @@ class CassandraSink(Generic[T]):
         self.consistency = consistency
         self._cluster: Cluster | None = None
         self._session: Session | None = None
-        self._prepared: dict[tuple[str, str, str, tuple[str, ...]], PreparedStatement] = {}
+        # (keyspace, table, kind, columns) -> the statement and its value encoders (None: driver binds)
+        self._prepared: dict[tuple[str, str, str, tuple[str, ...]],
+                             tuple[PreparedStatement, tuple[Encoder, ...] | None]] = {}
         self._schemas: dict[tuple[str, str], TableSchema] = {}
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._in_flight = 0
@@ -292,11 +295,13 @@ class CassandraSink(Generic[T]):
 
     # --- statements ----------------------------------------------------------------------------
 
-    def _prepare(self, keyspace: str, table: str, kind: str, columns: tuple[str, ...]) -> PreparedStatement:
+    def _prepare(
+        self, keyspace: str, table: str, kind: str, columns: tuple[str, ...]
+    ) -> tuple[PreparedStatement, tuple[Encoder, ...] | None]:
         key = (keyspace, table, kind, columns)
-        stmt = self._prepared.get(key)
-        if stmt is not None:
-            return stmt
+        known = self._prepared.get(key)
+        if known is not None:
+            return known
         target = f"{_quote(keyspace)}.{_quote(table)}"
         if kind == "upsert":
             names = ", ".join(_quote(c) for c in columns)
@@ -307,6 +312,7 @@ class CassandraSink(Generic[T]):
             cql = f"DELETE FROM {target} USING TIMESTAMP ? WHERE {where}"
         else:
             raise ValueError(f"unknown write kind {kind!r}")
+        stmt: PreparedStatement | None = None
         try:
             for attempt in Retrying(
                 retry=retry_if_exception_type(TRANSIENT_ERRORS),
@@ -323,8 +329,8 @@ class CassandraSink(Generic[T]):
         assert stmt is not None
         stmt.is_idempotent = True  # explicit timestamps: running a write twice changes nothing
         stmt.consistency_level = self.consistency
-        self._prepared[key] = stmt
-        return stmt
+        known = self._prepared[key] = (stmt, encoders(stmt))
+        return known
 
     def bind(self, write: WriteLike) -> BoundStatement:
         """The write as a bound statement. ValueError/TypeError when a value doesn't fit its column."""
@@ -332,16 +338,21 @@ class CassandraSink(Generic[T]):
         if kind == "upsert":
             values = write.values
             columns = tuple(key) + tuple(c for c in values if c not in key)
-            stmt = self._prepare(write.keyspace, write.table, kind, columns)
+            stmt, encode = self._prepare(write.keyspace, write.table, kind, columns)
             params = [key[c] for c in key]
             params.extend(values[c] for c in columns[len(key):])
             params.append(write.timestamp_us)
             params.append(write.ttl or 0)
         else:
             columns = tuple(key)
-            stmt = self._prepare(write.keyspace, write.table, kind, columns)
+            stmt, encode = self._prepare(write.keyspace, write.table, kind, columns)
             params = [write.timestamp_us]
             params.extend(key.values())
+        if encode is not None:
+            try:
+                return bind(stmt, encode, params)
+            except ValueError as exc:
+                raise ValueError(f"{write.keyspace}.{write.table}: {exc}") from exc
         bound = BoundStatement(stmt)
         try:
             bound.bind(params)

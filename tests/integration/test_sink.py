@@ -6,7 +6,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -119,6 +119,29 @@ def test_upsert_keeps_values(sink: CassandraSink[str]) -> None:
     assert row.quantity == Decimal("1E-8")
     assert row.trade_time == datetime(2024, 5, 1, 12, 0, 0, 123000)
     assert row.is_buyer_maker is True
+
+
+def test_values_reach_cassandra_exactly(sink: CassandraSink[str]) -> None:
+    """consumer.encode's own encoding of decimals and timestamps, read back by Cassandra itself: scale
+    kept, negative and long values, a timestamp before 1970, and a decimal longer than the 4,300 digits
+    the driver's own serialiser (str -> int) can take."""
+    sym = _symbol()
+    long_value = "-" + "9" * 5000 + ".000000000000000001"
+    cases = {1: ("-0.000000000000000001", datetime(1969, 7, 20, 20, 17, 40, 7000, tzinfo=UTC)),
+             2: ("12345678901234567890.123456789012345678",
+                 datetime(2024, 5, 1, 23, 59, 59, 999000, tzinfo=UTC)),
+             3: (long_value, datetime(1970, 1, 1, tzinfo=UTC))}
+    _write(sink, [dataclasses.replace(_trade(sym, i, 1_000), values={
+        "price": Decimal(price), "quantity": Decimal("1.000"), "trade_time": ts, "is_buyer_maker": False,
+    }) for i, (price, ts) in cases.items()])
+    for i, (price, ts) in cases.items():
+        # As text, computed by Cassandra: the driver's decimal reader cannot build one of 5,000 digits.
+        row = sink.execute(
+            f"SELECT CAST(price AS text) AS price, CAST(quantity AS text) AS quantity, "
+            f"toUnixTimestamp(trade_time) AS ms FROM {KS}.trades WHERE symbol = %s AND day = %s "
+            "AND trade_id = %s", (sym, date(2024, 5, 1), i)).one()
+        assert Decimal(row.price) == Decimal(price) and row.quantity == "1.000", (i, row.price[:50])
+        assert row.ms == (ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
 
 def test_replayed_older_upsert_does_not_resurrect_a_deleted_row(sink: CassandraSink[str]) -> None:
