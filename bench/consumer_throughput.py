@@ -18,6 +18,9 @@ under another name), consumer groups, and its rows in PostgreSQL (symbol BENCH*)
 3. Raw ceiling: the same rows (decoded and mapped beforehand, not timed) written by cassandra-driver
    alone: execute_concurrent over bound single-row statements at several concurrencies, and the sink's
    single-partition batches; the best rows/s is the ceiling.
+   Then each other stage alone: kafka-python reading the preloaded records (nothing decoded), and
+   decoding plus mapping (timed while preloading); with the ceiling's time per row they bound what one
+   process can reach.
 4. Drain: `python -m consumer` (one process, then `--workers 2`) with fresh groups drains the preloaded
    topics; events/s is measured from the consumer's own applied-events counter (Prometheus), from the
    first applied event to the last.
@@ -370,6 +373,53 @@ def drain(run_id: str, prefix: str, workers: int, total: int, logs: Path,
         proc.wait(120)
 
 
+def decode_map_only(mappings: Any, templates: Mapping[str, Template], prefix: str, n: int) -> float:
+    """Seconds per event that decoding and mapping take, on the first `n` events of the workload (it
+    repeats every few thousand), alone in the process: no producer thread taking the GIL meanwhile."""
+    hints, spent, clock = mappings.decode_hints, 0.0, time.perf_counter
+    for offset, (topic, key, value) in enumerate(messages(workload(), templates, prefix, n)):
+        t0 = clock()
+        change = decode(topic, 0, offset, key, value, hints)
+        if change is not None:
+            mapper = mappings.for_change(change)
+            assert mapper is not None
+            mapper.map(change)
+        spent += clock() - t0
+    return spent / n
+
+
+def kafka_only(config: PipelineConfig, prefix: str, records: int) -> tuple[float, float]:
+    """Seconds (wall, and CPU of this process) per record that kafka-python takes to hand over `records`
+    preloaded records, with the consumer's fetch settings, touching what the consumer reads of each;
+    nothing decoded or written. Timed from the first poll that returned records (not counted)."""
+    cc = config.consumer
+    consumer = KafkaConsumer(
+        *(f"{prefix}.public.{t}" for t in TABLES), bootstrap_servers=list(config.kafka.bootstrap_servers),
+        group_id=f"{prefix}-kafka-only", enable_auto_commit=False, auto_offset_reset="earliest",
+        max_poll_records=cc.max_poll_records, fetch_max_wait_ms=100,
+        max_partition_fetch_bytes=4 * 1024 * 1024)
+    try:
+        seen, timed, first, cpu = 0, 0, 0.0, 0.0
+        deadline = time.monotonic() + 600
+        while seen < records:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"kafka-only read stalled at {seen}/{records}")
+            batch = consumer.poll(timeout_ms=1000)
+            n = 0
+            for recs in batch.values():
+                for rec in recs:
+                    _ = (rec.topic, rec.partition, rec.offset, rec.key, rec.value)
+                n += len(recs)
+            seen += n
+            if first:
+                timed += n
+            elif n:
+                first, cpu = time.perf_counter(), time.process_time()
+        return (time.perf_counter() - first) / max(timed, 1), (time.process_time() - cpu) / max(timed, 1)
+    finally:
+        consumer.close()
+
+
 def raw_ceiling(sink: CassandraSink[Any], writes: Sequence[Any]) -> dict[str, Any]:
     from cassandra.concurrent import execute_concurrent as _execute_concurrent
 
@@ -402,17 +452,22 @@ def raw_ceiling(sink: CassandraSink[Any], writes: Sequence[Any]) -> dict[str, An
     results["single_full"] = len(writes) / (time.perf_counter() - t)
     say(f"raw ceiling, single rows, all {len(writes)} rows at concurrency {best_c}: "
         f"{results['single_full']:,.0f} rows/s")
+    results["batched_cpu_us"] = {}
     for c in (64, 128):
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         requests, rejected = sink.build((w, None) for w in writes)
         assert not rejected
         execute_concurrent(sink.session, ((r.statement, None) for r in requests), concurrency=c,
                            raise_on_first_error=True, results_generator=True)
         rate = len(writes) / (time.perf_counter() - t)
         results["batched"][c] = rate
+        # CPU of this process (every thread: with the GIL, about its Python time) per row
+        results["batched_cpu_us"][c] = (time.process_time() - cpu) / len(writes) * 1e6
         say(f"raw ceiling, single-partition batches of <= {sink.batch_max_rows} ({len(requests)} requests), "
-            f"concurrency {c}: {rate:,.0f} rows/s")
+            f"concurrency {c}: {rate:,.0f} rows/s, {results['batched_cpu_us'][c]:.1f} µs CPU per row")
     results["best"] = max(results["single_full"], *results["batched"].values())
+    best_batched = max(results["batched"], key=results["batched"].get)
+    results["cpu_us_per_row"] = results["batched_cpu_us"][best_batched]
     return results
 
 
@@ -518,6 +573,27 @@ def main() -> int:
         say(f"{len(writes)} Cassandra writes for the raw ceiling")
         report["raw"] = raw_ceiling(sink, writes)
         del writes
+
+        # What the consumer does besides writing, each alone: it cannot beat a ceiling that pays those too.
+        per_record, cpu_per_record = kafka_only(config, load_prefix, nrecords)
+        per_event = nrecords / args.events
+        stages = {"kafka_records_per_s": 1 / per_record,
+                  "kafka_cpu_us_per_event": cpu_per_record * per_event * 1e6,
+                  "decode_map_us_per_event": decode_map_only(mappings, templates, load_prefix,
+                                                             min(args.events, 50_000)) * 1e6,
+                  "ceiling_cpu_us_per_row": report["raw"]["cpu_us_per_row"]}
+        python_us = (stages["ceiling_cpu_us_per_row"] + stages["kafka_cpu_us_per_event"]
+                     + stages["decode_map_us_per_event"])
+        stages["bound_events_per_s"] = 1e6 / python_us
+        stages["bound"] = stages["bound_events_per_s"] / report["raw"]["best"]
+        report["stages"] = stages
+        say(f"each stage alone, CPU per event: writing (the ceiling's) "
+            f"{stages['ceiling_cpu_us_per_row']:.1f} µs, "
+            f"kafka-python {stages['kafka_cpu_us_per_event']:.1f} µs ({stages['kafka_records_per_s']:,.0f} "
+            f"records/s), decoding and mapping {stages['decode_map_us_per_event']:.1f} µs")
+        say(f"so one process, its Python on one core, stays below about {stages['bound_events_per_s']:,.0f} "
+            f"events/s = {stages['bound']:.0%} of the ceiling "
+            "(the three in series, before any offset or metric bookkeeping)")
 
         # Drain with the real consumer.
         one = drain(run_id, load_prefix, 1, args.events, logs, args.profile)
