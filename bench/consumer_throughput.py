@@ -11,10 +11,10 @@ under another name), consumer groups, and its rows in PostgreSQL (symbol BENCH*)
 1. Templates: one row per captured table is inserted into PostgreSQL and the bench's own connector
    snapshots them, so the bench has real Debezium messages (JsonConverter with schemas) to copy.
 2. Preload: `--events` change events are produced straight into bench topics (<run>t.public.<table>,
-   3 partitions, keyed like Debezium's): the templates' schemas, with payloads for a realistic producer
-   mix (order book snapshots of 40 levels and their retention deletes + tombstones, trades, kline
-   updates, price and ticker upserts), each with its own increasing LSN, compressed with
-   debezium.compression_type as the connector's producer compresses them. Not timed.
+   debezium.topic_partitions partitions, keyed like Debezium's): the templates' schemas, with payloads
+   for a realistic producer mix (order book snapshots of 40 levels and their retention deletes +
+   tombstones, trades, kline updates, price and ticker upserts), each with its own increasing LSN,
+   compressed with debezium.compression_type as the connector's producer compresses them. Not timed.
 3. Raw ceiling: the same rows (decoded and mapped beforehand, not timed) written by cassandra-driver
    alone: execute_concurrent over bound single-row statements at several concurrencies, and the sink's
    single-partition batches; the best rows/s is the ceiling.
@@ -544,8 +544,9 @@ def main() -> int:
         mappings = load_mappings(dataclasses.replace(config, debezium=dataclasses.replace(
             config.debezium, topic_prefix=load_prefix)), sink, with_postgres=False)
         writes: list[Any] = []
-        admin.create_topics({f"{load_prefix}.public.{table}": {"num_partitions": 3, "replication_factor": 1}
-                             for table in TABLES})
+        partitions = config.debezium.topic_partitions   # as the connector creates its topics
+        admin.create_topics({f"{load_prefix}.public.{table}": {"num_partitions": partitions,
+                                                               "replication_factor": 1} for table in TABLES})
         # Compressed as the connector's producer compresses (debezium.compression_type).
         codec = config.debezium.compression_type
         producer = KafkaProducer(bootstrap_servers=list(config.kafka.bootstrap_servers), acks=1,

@@ -194,7 +194,9 @@ class DebeziumConfig:
     heartbeat_table: str = setting("debezium_heartbeat", pattern=IDENT)
     snapshot_mode: Literal["initial", "no_data", "never", "when_needed", "always"] = "initial"
     heartbeat_interval_ms: int = setting(10000, min=100, max=3_600_000)
-    topic_partitions: int = setting(3, min=1, max=1000)
+    # Members of a consumer group share a topic's partitions (range assignment, topic by topic): a multiple
+    # of the members you run balances them; 6 splits evenly among 1, 2, 3 or 6.
+    topic_partitions: int = setting(6, min=1, max=1000)
     schemas_enable: bool = True
     # How Connect's producer compresses the change topics (producer.override.compression.type). JSON
     # with schemas repeats each schema in every record: lz4 cuts the bytes ~10x, and the consumer, which

@@ -21,8 +21,13 @@ from typing import Any
 
 import psycopg2
 import pytest
+from hypothesis import settings
 
 from pipeline.config import PipelineConfig, load
+
+# No per-example time limit for property tests: these machines are noisy, and no test here is timed.
+settings.register_profile("untimed", deadline=None)
+settings.load_profile("untimed")
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_PATH = ROOT / "config" / "pipeline.yaml"

@@ -67,7 +67,7 @@ def test_project_config_generates_the_expected_connector(project: PipelineConfig
     assert props["snapshot.mode"] == "initial"
     assert props["decimal.handling.mode"] == "precise"
     assert props["time.precision.mode"] == "adaptive_time_microseconds"
-    assert props["topic.creation.default.partitions"] == "3"
+    assert props["topic.creation.default.partitions"] == "6"
     assert props["topic.creation.default.replication.factor"] == "1"
     assert props["key.converter"] == props["value.converter"] == "org.apache.kafka.connect.json.JsonConverter"
     assert props["key.converter.schemas.enable"] == props["value.converter.schemas.enable"] == "true"

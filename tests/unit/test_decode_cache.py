@@ -390,7 +390,9 @@ def test_generated_payloads_are_mostly_changes() -> None:
     not only to errors."""
     outcomes: collections.Counter[str] = collections.Counter()
 
-    @settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    # derandomize: the same 200 inputs every run, so this check of the generator cannot flake
+    @settings(max_examples=200, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow])
     @given(payload=payloads(), hints=st.sampled_from(HINTS))
     def collect(payload: Any, hints: DecodeHints | None) -> None:
         value = SCHEMA_PREFIX + b',"payload":' + dumps(payload) + b"}"
