@@ -19,8 +19,8 @@ under another name), consumer groups, and its rows in PostgreSQL (symbol BENCH*)
    alone: execute_concurrent over bound single-row statements at several concurrencies, and the sink's
    single-partition batches; the best rows/s is the ceiling.
    Then each other stage alone: kafka-python reading the preloaded records (nothing decoded), and
-   decoding plus mapping (timed while preloading); with the ceiling's time per row they bound what one
-   process can reach.
+   decoding plus mapping (the workload's messages made again, only decode and map timed); with the
+   ceiling's CPU per row they bound what one process, its Python on one core, can reach.
 4. Drain: `python -m consumer` (one process, then `--workers 2`) with fresh groups drains the preloaded
    topics; events/s is measured from the consumer's own applied-events counter (Prometheus), from the
    first applied event to the last.
@@ -575,7 +575,7 @@ def main() -> int:
         report["raw"] = raw_ceiling(sink, writes)
         del writes
 
-        # What the consumer does besides writing, each alone: it cannot beat a ceiling that pays those too.
+        # The consumer's other stages, each alone: one process does them in series with the writing.
         per_record, cpu_per_record = kafka_only(config, load_prefix, nrecords)
         per_event = nrecords / args.events
         stages = {"kafka_records_per_s": 1 / per_record,
