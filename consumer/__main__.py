@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from consumer.app import Member, worker_main
+from consumer.app import Member, quiet_kafka_logging, worker_main
 from pipeline.cli import StopSignals, add_config_argument, load_or_exit, run, setup_logging
 
 log = logging.getLogger("consumer")
@@ -29,7 +29,7 @@ log = logging.getLogger("consumer")
 def run_members(config_path: str, workers: int) -> int:
     config = load_or_exit(config_path)
     setup_logging(config.consumer.log_level)
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    quiet_kafka_logging()
     if workers == 1:
         return Member(config).run()
 

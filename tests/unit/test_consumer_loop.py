@@ -8,6 +8,7 @@ signals. The same paths against the real services are in tests/integration/test_
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import subprocess
@@ -581,3 +582,40 @@ def test_a_dead_letter_topic_refusing_even_the_excerpt_is_a_permanent_error() ->
     assign(member, consumer, 0)
     with pytest.raises(PermanentError, match="refuses"):
         member._handle({KTP(TOPIC, 0): [Rec(TOPIC, 0, 0, b"k", b"poison" + b"x" * 100_000)]})
+
+
+def test_kafka_pythons_closed_transport_traceback_is_dropped_and_nothing_else(
+    caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest,
+) -> None:
+    from consumer.app import quiet_kafka_logging
+
+    transport = logging.getLogger("kafka.net.transport")
+    level, filters = logging.getLogger("kafka").level, list(transport.filters)
+
+    def restore() -> None:
+        logging.getLogger("kafka").setLevel(level)
+        transport.filters = filters
+
+    request.addfinalizer(restore)
+    quiet_kafka_logging()
+    quiet_kafka_logging()   # idempotent: one filter
+    assert len(transport.filters) == 1
+
+    def emit(exc: BaseException, state: str) -> None:
+        try:
+            raise exc
+        except BaseException:
+            transport.exception("%s: Error receiving network data closing socket",
+                                f"<KafkaTCPTransport [none] ({state})>")
+
+    with caplog.at_level(logging.WARNING, logger="kafka"):
+        emit(AttributeError("'NoneType' object has no attribute 'recv'"), "closed")
+        emit(ConnectionResetError("reset by peer"), "closed")
+        emit(AttributeError("'NoneType' object has no attribute 'recv'"), "connected")
+        transport.error("%s: socket disconnected", "<KafkaTCPTransport [none] (closed)>")
+    kept = [(r.getMessage().split(">")[0], type(r.exc_info[1]).__name__ if r.exc_info else None)
+            for r in caplog.records]
+    assert kept == [("<KafkaTCPTransport [none] (closed)", "ConnectionResetError"),
+                    ("<KafkaTCPTransport [none] (connected)", "AttributeError"),
+                    ("<KafkaTCPTransport [none] (closed)", None)]
+    assert logging.getLogger("kafka").level == logging.WARNING
