@@ -73,6 +73,7 @@ DecimalMode = Literal["precise", "string", "double"]
 HEARTBEAT_TOPIC_PREFIX: Final = "__debezium-heartbeat"
 UNAVAILABLE_VALUE: Final = "__debezium_unavailable_value"
 _UNAVAILABLE_B64: Final = base64.b64encode(UNAVAILABLE_VALUE.encode()).decode()
+_UNAVAILABLE_TEXT: Final = (UNAVAILABLE_VALUE, _UNAVAILABLE_B64)
 _UNAVAILABLE_LISTS: Final = ([UNAVAILABLE_VALUE], list(UNAVAILABLE_VALUE.encode()))
 _OPS: Final = frozenset("cudrt")
 _MAX_LSN: Final = 2**63 - 1
@@ -250,20 +251,22 @@ def _decode(
     if op == "d" and before is None:
         raise PoisonMessageError("bad_envelope", "value.payload.before", "op d without a before row")
 
-    row_key: dict[str, Any]
+    row_key: dict[str, Any] | None = None
     pk = table_hints.key
     if op == "t":
         row_key = {}
-    elif (op != "d" and table_hints.key_is_primary and pk and after is not None
-          and all(after.get(c) is not None for c in pk)):
+    elif op != "d" and table_hints.key_is_primary and pk and after is not None:
         # The record key repeats the primary key columns of `after`: take them from there, unparsed.
-        row_key = {c: after[c] for c in pk}
-    elif key is not None:
-        row_key = _key(key, table_hints, mode, loads, cached)
-    else:
-        source_row = after if after is not None else before
-        assert source_row is not None
-        row_key = {c: source_row[c] for c in table_hints.key if c in source_row}
+        row_key = {c: after.get(c) for c in pk}
+        if None in row_key.values():
+            row_key = None   # a key column missing from after: the record key says what it is
+    if row_key is None:
+        if key is not None:
+            row_key = _key(key, table_hints, mode, loads, cached)
+        else:
+            source_row = after if after is not None else before
+            assert source_row is not None
+            row_key = {c: source_row[c] for c in table_hints.key if c in source_row}
 
     return Change(
         topic=topic,
@@ -393,7 +396,7 @@ def _row(
 def _is_unavailable(v: Any) -> bool:
     t = type(v)
     if t is str:
-        return v in (UNAVAILABLE_VALUE, _UNAVAILABLE_B64)
+        return v in _UNAVAILABLE_TEXT
     if t is list:
         return bool(v) and (v == _UNAVAILABLE_LISTS[0] or v == _UNAVAILABLE_LISTS[1])
     return False
@@ -759,7 +762,10 @@ def _planned_row(
             out[col] = None
             continue
         t = type(v)
-        if dropped is not None and (t is str or t is list) and _is_unavailable(v):
+        # _is_unavailable inlined for strings, the common case: this runs for every column of every row
+        if dropped is not None and (
+            (t is str and v in _UNAVAILABLE_TEXT) or (t is list and _is_unavailable(v))
+        ):
             dropped.add(col)
             continue
         conv = convs.get(col)

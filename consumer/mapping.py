@@ -211,7 +211,8 @@ def _timestamp(v: Any, col: str) -> Any:
     # Cassandra keeps milliseconds: truncate here, so that what we write is exactly what it stores.
     if type(v) is not datetime or v.tzinfo is None:
         raise _bad(v, col, "timestamp")
-    return v.replace(microsecond=v.microsecond - v.microsecond % 1000)
+    extra = v.microsecond % 1000
+    return v.replace(microsecond=v.microsecond - extra) if extra else v
 
 
 def _date(v: Any, col: str) -> Any:
