@@ -348,6 +348,17 @@ class TableMapper:
             {mapping.bucket_unit_by} if mapping.bucket_unit_by else set()
         )
         self._key = tuple(mapping.key)
+        # Per key column, looked up once (key_of runs for every change): (column, its source column or
+        # bucket source, conversion or None, whether it is a bucket).
+        plan: list[tuple[str, str, _Coerce | None, bool]] = []
+        for col in self._key:
+            if col in self._bucket_by_column:
+                src, coerce = self._bucket_by_column[col]
+                plan.append((col, src, coerce, True))
+            else:
+                source = self._from_cql.get(col, col)
+                plan.append((col, source, self._to_cql[source][1] if source in self._to_cql else None, False))
+        self._key_plan = tuple(plan)
 
     # -- the per-message work --
 
@@ -393,19 +404,17 @@ class TableMapper:
     def key_of(self, row: Mapping[str, Any], where: str = "row") -> dict[str, Any]:
         """The Cassandra primary key of a decoded (PostgreSQL-named) row; PoisonMessageError if none."""
         key: dict[str, Any] = {}
-        buckets = self._bucket_by_column
-        for col in self._key:
-            if col in buckets:
-                src, coerce = buckets[col]
-                key[col] = coerce(self._bucket(row, src, where), col)
+        for col, source, coerce, bucket in self._key_plan:
+            if bucket:
+                assert coerce is not None
+                key[col] = coerce(self._bucket(row, source, where), col)
                 continue
-            source = self._from_cql.get(col, col)
             v = row.get(source)
             if v is None:
                 raise PoisonMessageError(
                     "missing_value", f"{where}.{source}", f"no value for Cassandra key column {col}"
                 )
-            key[col] = self._to_cql[source][1](v, col) if source in self._to_cql else v
+            key[col] = v if coerce is None else coerce(v, col)
         return key
 
     def _bucket(self, row: Mapping[str, Any], source: str, where: str) -> date | datetime:
