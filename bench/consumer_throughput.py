@@ -19,8 +19,8 @@ under another name), consumer groups, and its rows in PostgreSQL (symbol BENCH*)
    alone: execute_concurrent over bound single-row statements at several concurrencies, and the sink's
    single-partition batches; the best rows/s is the ceiling.
    Then each other stage alone: kafka-python reading the preloaded records (nothing decoded), and
-   decoding plus mapping (the workload's messages made again, only decode and map timed); with the
-   ceiling's CPU per row they bound what one process, its Python on one core, can reach.
+   decoding plus mapping (the workload's messages made again, only decode and map timed); added to the
+   ceiling's CPU per row they estimate what one process, its Python on one core, can reach.
 4. Drain: `python -m consumer` (one process, then `--workers 2`) with fresh groups drains the preloaded
    topics; events/s is measured from the consumer's own applied-events counter (Prometheus), from the
    first applied event to the last.
@@ -575,7 +575,8 @@ def main() -> int:
         report["raw"] = raw_ceiling(sink, writes)
         del writes
 
-        # The consumer's other stages, each alone: one process does them in series with the writing.
+        # The consumer's other stages, each alone: one process does them in series with the writing, apart
+        # from C code that releases the GIL (decompression, sockets), which the sum does not know about.
         per_record, cpu_per_record = kafka_only(config, load_prefix, nrecords)
         per_event = nrecords / args.events
         stages = {"kafka_records_per_s": 1 / per_record,
@@ -592,9 +593,9 @@ def main() -> int:
             f"{stages['ceiling_cpu_us_per_row']:.1f} µs, "
             f"kafka-python {stages['kafka_cpu_us_per_event']:.1f} µs ({stages['kafka_records_per_s']:,.0f} "
             f"records/s), decoding and mapping {stages['decode_map_us_per_event']:.1f} µs")
-        say(f"so one process, its Python on one core, stays below about {stages['bound_events_per_s']:,.0f} "
-            f"events/s = {stages['bound']:.0%} of the ceiling "
-            "(the three in series, before any offset or metric bookkeeping)")
+        say(f"added up, as one process runs them with its Python on one core: about "
+            f"{stages['bound_events_per_s']:,.0f} events/s = {stages['bound']:.0%} of the ceiling, before "
+            "offset and metric bookkeeping (an estimate: parts of each stage are C that releases the GIL)")
 
         # Drain with the real consumer.
         one = drain(run_id, load_prefix, 1, args.events, logs, args.profile)
