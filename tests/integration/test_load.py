@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg2
 import pytest
+from fake_secrets import fake_secret
 
 from pipeline.config import PipelineConfig
 from producer.errors import DatabaseError
@@ -469,7 +470,7 @@ def test_unreachable_database_is_a_database_error(pg_config: PipelineConfig) -> 
 def test_wrong_password_is_a_database_error(pg_config: PipelineConfig) -> None:
     from pipeline.config import Secret
 
-    config = dataclasses.replace(pg_config.postgres, password=Secret("not-the-password"))
+    config = dataclasses.replace(pg_config.postgres, password=Secret(fake_secret("wrong")))
     with PostgresLoader(config) as loader, pytest.raises(DatabaseError, match="authentication failed"):
         loader.newest_kline_open_time("BTCUSDT", "1m")
 

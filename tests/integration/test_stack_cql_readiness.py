@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fake_secrets import fake_secret
 
 from pipeline.config import PipelineConfig
 
@@ -44,7 +45,8 @@ def test_refused_logins_are_not_ready(cassandra: PipelineConfig) -> None:
     """apply_cql.py closed the default cassandra login, so with a wrong password no login is left."""
     c = cassandra.cassandra
     assert c.username
-    proc = probe(cassandra, CASSANDRA_USER=c.username, CASSANDRA_PASSWORD="not-the-password")
+    wrong = fake_secret("wrong")
+    proc = probe(cassandra, CASSANDRA_USER=c.username, CASSANDRA_PASSWORD=wrong)
     assert proc.returncode == 1
     assert f"login as {c.username} refused" in proc.stderr and "login as cassandra refused" in proc.stderr
-    assert "not-the-password" not in proc.stderr
+    assert wrong not in proc.stderr

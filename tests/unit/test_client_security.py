@@ -9,12 +9,16 @@ from typing import Any
 import certifi
 import pytest
 from cassandra.auth import PlainTextAuthProvider
+from fake_secrets import fake_secret
 from kafka import KafkaConsumer
 
 from consumer.app import kafka_client_config
 from consumer.sink import CassandraSink
 from pipeline.clients import kafka_client_options
 from pipeline.config import PipelineConfig, load
+
+KAFKA_SECRET = fake_secret("kafka")
+CQL_SECRET = fake_secret("cql")
 
 CA = certifi.where()   # any valid PEM bundle: the context must load it
 
@@ -34,14 +38,14 @@ kafka:
   sasl_username: pipeline
   sasl_password: ${{KAFKA_PASSWORD}}
   ssl_cafile: {CA}
-""", {"KAFKA_PASSWORD": "s3cret-kafka"})
+""", {"KAFKA_PASSWORD": KAFKA_SECRET})
     options = kafka_client_options(config.kafka)
     assert options == {
         "bootstrap_servers": ["broker-1:9094", "broker-2:9094"],
         "security_protocol": "SASL_SSL",
         "sasl_mechanism": "SCRAM-SHA-512",
         "sasl_plain_username": "pipeline",
-        "sasl_plain_password": "s3cret-kafka",
+        "sasl_plain_password": KAFKA_SECRET,
         "ssl_cafile": CA,
     }
     # The consumer's own settings add reconnection only, and kafka-python accepts every key.
@@ -49,7 +53,7 @@ kafka:
     assert {k: consumer_options[k] for k in options} == options
     unknown = set(consumer_options) - set(KafkaConsumer.DEFAULT_CONFIG)
     assert not unknown, unknown
-    assert "s3cret-kafka" not in repr(config)
+    assert KAFKA_SECRET not in repr(config)
 
 
 def test_plaintext_kafka_sends_no_security_options(tmp_path: Path) -> None:
@@ -64,12 +68,12 @@ cassandra:
   username: pipeline
   password: ${{CASSANDRA_PASSWORD}}
   ssl_cafile: {CA}
-""", {"CASSANDRA_PASSWORD": "s3cret-cql"})
+""", {"CASSANDRA_PASSWORD": CQL_SECRET})
     cluster: Any = CassandraSink(config.cassandra)._build_cluster()
     try:
         auth = cluster.auth_provider
         assert isinstance(auth, PlainTextAuthProvider)
-        assert (auth.username, auth.password) == ("pipeline", "s3cret-cql")
+        assert (auth.username, auth.password) == ("pipeline", CQL_SECRET)
         context = cluster.ssl_context
         assert isinstance(context, ssl.SSLContext)
         assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname

@@ -19,6 +19,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from fake_secrets import STACK_ENV
 
 from pipeline.config import PipelineConfig, load
 from pipeline.connector import WORKER_PROPERTIES, connector_config
@@ -27,12 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 NATIVE = INFRA / "native"
 COMPOSE_FILE = INFRA / "docker-compose.yml"
-ENV = {
-    "POSTGRES_PASSWORD": "pg-secret-0",
-    "PRODUCER_PASSWORD": "p-secret-1",
-    "DEBEZIUM_PASSWORD": "d-secret-2",
-    "CASSANDRA_PASSWORD": "c-secret-3",
-}
+ENV = STACK_ENV
 SERVICE_PORTS = {"postgres": 5432, "kafka": 9092, "connect": 8083, "cassandra": 9042}
 # Long-running services without a healthcheck, and why (nothing waits on them).
 NO_HEALTHCHECK = {"producer": "its sign of life is rows in PostgreSQL, which depend on Binance"}
@@ -417,7 +413,7 @@ def test_up_without_a_docker_engine_runs_the_native_stack_then_registers(tmp_pat
     calls = log.read_text().splitlines()
     assert calls[0] == "stack.sh up"
     assert calls[1] == ("python -m pipeline.connector --config config/pipeline.yaml register "
-                        "DEBEZIUM_PASSWORD=d-secret-2")
+                        f"DEBEZIUM_PASSWORD={ENV['DEBEZIUM_PASSWORD']}")
     for action in ("down", "status", "wipe"):
         log.unlink()
         proc = run_up(tmp_path, env, action)

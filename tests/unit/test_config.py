@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import subprocess
 import sys
 from decimal import Decimal
@@ -8,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fake_secrets import PIPELINE_ENV, fake_secret
 
 from pipeline.config import ConfigError, PipelineConfig, Secret, load, to_plain
 from pipeline.schema import build
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {
-    "PRODUCER_PASSWORD": "p-secret-1", "DEBEZIUM_PASSWORD": "d-secret-2", "CASSANDRA_PASSWORD": "c-secret-3"
-}
+ENV = PIPELINE_ENV
 
 
 def write(tmp_path: Path, data: object) -> Path:
@@ -33,8 +33,8 @@ def problems(tmp_path: Path, data: object, env: dict[str, str] | None = None) ->
 def test_project_config_loads() -> None:
     config = load(ROOT / "config" / "pipeline.yaml", ENV)
     assert config.binance.symbols
-    assert config.postgres.password.reveal() == "p-secret-1"
-    assert config.debezium.password.reveal() == "d-secret-2"
+    assert config.postgres.password.reveal() == ENV["PRODUCER_PASSWORD"]
+    assert config.debezium.password.reveal() == ENV["DEBEZIUM_PASSWORD"]
     assert dataclasses.is_dataclass(config)
 
 
@@ -181,8 +181,9 @@ def test_an_environment_override_is_checked_against_the_budget_too(tmp_path: Pat
 def test_interpolation(tmp_path: Path) -> None:
     path = write(tmp_path, {"postgres": {"password": "${PW}", "host": "${PGHOST:-db.local}",
                                          "user": "pre-${WHO}-post"}})
-    config = load(path, {"PW": "s3cret", "WHO": "me"})
-    assert config.postgres.password.reveal() == "s3cret"
+    pw = fake_secret()
+    config = load(path, {"PW": pw, "WHO": "me"})
+    assert config.postgres.password.reveal() == pw
     assert config.postgres.host == "db.local"
     assert config.postgres.user == "pre-me-post"
 
@@ -197,10 +198,11 @@ def test_a_variable_inside_a_default_is_refused(tmp_path: Path, value: str) -> N
 
 
 def test_a_password_written_as_a_number_is_not_echoed(tmp_path: Path) -> None:
-    found = problems(tmp_path, "postgres:\n  password: 7391528460\nkafka:\n  sasl_password: 017\n")
+    digits = str(10**9 + secrets.randbelow(9 * 10**9))   # ten digits, no leading zero: a YAML integer
+    found = problems(tmp_path, f"postgres:\n  password: {digits}\nkafka:\n  sasl_password: 017\n")
     assert found == ["postgres.password: expected a string (quote it), got a number (not shown: a secret)",
                      "kafka.sasl_password: expected a string (quote it), got a number (not shown: a secret)"]
-    assert not any("7391528460" in p or "15" in p for p in found)
+    assert not any(digits in p or "15" in p for p in found)
 
 
 def test_missing_variable_names_path_and_variable(tmp_path: Path) -> None:
@@ -236,10 +238,11 @@ def test_bad_environment_override_names_variable(tmp_path: Path) -> None:
 
 
 def test_secrets_are_masked(tmp_path: Path) -> None:
-    config = load(write(tmp_path, {"postgres": {"password": "hunter2"}}), {})
-    assert "hunter2" not in repr(config)
-    assert "hunter2" not in str(to_plain(config))
-    assert to_plain(config, reveal=True)["postgres"]["password"] == "hunter2"
+    pw = fake_secret()
+    config = load(write(tmp_path, {"postgres": {"password": pw}}), {})
+    assert pw not in repr(config)
+    assert pw not in str(to_plain(config))
+    assert to_plain(config, reveal=True)["postgres"]["password"] == pw
     assert str(Secret("x")) == "******"
 
 
@@ -276,7 +279,7 @@ def test_cli_get_masks_a_secret_unless_revealed() -> None:
     masked = run_cli("get", "postgres.password", env=ENV)
     assert (masked.returncode, masked.stdout) == (0, "******\n"), masked.stderr
     revealed = run_cli("get", "postgres.password", "--reveal", env=ENV)
-    assert (revealed.returncode, revealed.stdout) == (0, "p-secret-1\n"), revealed.stderr
+    assert (revealed.returncode, revealed.stdout) == (0, ENV["PRODUCER_PASSWORD"] + "\n"), revealed.stderr
     port = run_cli("get", "postgres.port", env=ENV)
     assert port.stdout == "5432\n"
     assert run_cli("get", "postgres.nope", env=ENV).returncode == 2
@@ -285,5 +288,5 @@ def test_cli_get_masks_a_secret_unless_revealed() -> None:
 def test_cli_show_masks_secrets() -> None:
     proc = run_cli("show", env=ENV)
     assert proc.returncode == 0, proc.stderr
-    assert "p-secret-1" not in proc.stdout and "d-secret-2" not in proc.stdout
+    assert ENV["PRODUCER_PASSWORD"] not in proc.stdout and ENV["DEBEZIUM_PASSWORD"] not in proc.stdout
     assert "******" in proc.stdout

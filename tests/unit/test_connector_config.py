@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from fake_secrets import PIPELINE_ENV
 
 from pipeline import connector
 from pipeline.config import PipelineConfig, load
@@ -28,9 +29,7 @@ from pipeline.connector import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {
-    "PRODUCER_PASSWORD": "p-secret-1", "DEBEZIUM_PASSWORD": "d-secret-2", "CASSANDRA_PASSWORD": "c-secret-3"
-}
+ENV = PIPELINE_ENV
 
 
 def config_from(tmp_path: Path, data: dict[str, Any], env: dict[str, str] | None = None) -> PipelineConfig:
@@ -141,14 +140,14 @@ def test_environment_overrides_reach_the_connector(tmp_path: Path) -> None:
 # --- Secrets ---------------------------------------------------------------------------------------
 
 def test_password_is_a_reference_unless_inlined(project: PipelineConfig) -> None:
-    assert "d-secret-2" not in json.dumps(connector_config(project))
-    assert connector_config(project, inline_password=True)["database.password"] == "d-secret-2"
+    assert ENV["DEBEZIUM_PASSWORD"] not in json.dumps(connector_config(project))
+    assert connector_config(project, inline_password=True)["database.password"] == ENV["DEBEZIUM_PASSWORD"]
 
 
 def test_masked_hides_literal_passwords_and_keeps_references(project: PipelineConfig) -> None:
     inline = masked(connector_config(project, inline_password=True))
     assert inline["database.password"] == "******"
-    assert "d-secret-2" not in json.dumps(inline)
+    assert ENV["DEBEZIUM_PASSWORD"] not in json.dumps(inline)
     assert masked(connector_config(project))["database.password"] == PASSWORD_REFERENCE
     assert masked({"a": "b"}) == {"a": "b"}
 
@@ -159,7 +158,7 @@ def test_show_prints_no_secret(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
     monkeypatch.chdir(ROOT)
     assert connector.main(["show", "--database-host", "postgres"]) == 0
     out = capsys.readouterr().out
-    assert "d-secret-2" not in out and "p-secret-1" not in out
+    assert ENV["DEBEZIUM_PASSWORD"] not in out and ENV["PRODUCER_PASSWORD"] not in out
     shown = json.loads(out)
     assert shown["name"] == "binance-postgres"
     assert shown["config"]["database.hostname"] == "postgres"

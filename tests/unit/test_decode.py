@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
+from fake_secrets import PIPELINE_ENV
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,7 +38,7 @@ from pipeline.config import load
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_SAMPLES = ROOT / "tests" / "fixtures" / "debezium-docs"
 FIXTURES = ROOT / "tests" / "fixtures" / "debezium"
-ENV = {"PRODUCER_PASSWORD": "p", "DEBEZIUM_PASSWORD": "d", "CASSANDRA_PASSWORD": "c"}
+ENV = PIPELINE_ENV
 
 
 # --- Building messages ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from fake_secrets import PIPELINE_ENV
 
 from consumer.decode import Change, decode
 from consumer.errors import PoisonMessageError
@@ -35,7 +36,7 @@ from pipeline.schema import ConfigError, build
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "debezium"
-ENV = {"PRODUCER_PASSWORD": "p", "DEBEZIUM_PASSWORD": "d", "CASSANDRA_PASSWORD": "c"}
+ENV = PIPELINE_ENV
 CQL = parse_cql((ROOT / "infra" / "cassandra-init.cql").read_text())
 
 

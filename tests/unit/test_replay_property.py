@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from fake_secrets import PIPELINE_ENV
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,8 +30,7 @@ from consumer.mapping import TableMapper, Write, build_mappings, parse_cql
 from pipeline.config import load
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = load(ROOT / "config" / "pipeline.yaml",
-              {"PRODUCER_PASSWORD": "p", "DEBEZIUM_PASSWORD": "d", "CASSANDRA_PASSWORD": "c"})
+CONFIG = load(ROOT / "config" / "pipeline.yaml", PIPELINE_ENV)
 MAPPINGS = build_mappings(CONFIG, parse_cql((ROOT / "infra" / "cassandra-init.cql").read_text()))
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Row = dict[str, Any]

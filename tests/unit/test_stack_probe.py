@@ -14,9 +14,10 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from fake_secrets import fake_secret
 
 ROOT = Path(__file__).resolve().parents[2]
-SECRET = "pipeline-secret-xyz"
+SECRET = fake_secret("pipeline")
 
 
 def load_probe() -> ModuleType:
