@@ -226,6 +226,12 @@ def assign(member: Member, consumer: FakeConsumer, *partitions: int) -> None:
     member.on_assigned(tps)
 
 
+def acknowledge(member: Member, sink: FakeSink) -> None:
+    """Cassandra answers every write sent so far, and the member applies the answers."""
+    sink.complete_all()
+    member._apply_completions()
+
+
 def poll(member: Member, partition: int, values: list[bytes | None], start: int = 0) -> None:
     recs = [Rec(TOPIC, partition, start + i, b"k", v) for i, v in enumerate(values)]
     member._handle({KTP(TOPIC, partition): recs})
@@ -283,8 +289,7 @@ def test_truncate_apply_waits_for_earlier_writes_then_truncates() -> None:
     member._wait_in_flight = wait_in_flight  # type: ignore[method-assign]
     poll(member, 0, [b"c:a", b"truncate", b"c:b"])
     assert sink.truncated == [("binance", "trades")]
-    sink.complete_all()
-    member._apply_completions()
+    acknowledge(member, sink)
     member._maybe_commit(force=True)
     assert consumer.commits[-1] == {(TOPIC, 0): 3}
 
@@ -317,8 +322,7 @@ def test_poison_from_decode_goes_to_the_dead_letter_topic_with_headers() -> None
     assert h["original_key"] == b"k"
     assert h["error_reason"] == b"not_json"
     assert b"not JSON" in h["error"]
-    sink.complete_all()
-    member._apply_completions()
+    acknowledge(member, sink)
     member._maybe_commit(force=True)
     assert consumer.commits == [{(TOPIC, 2): 42}]  # the poison offset counts as done
     assert member.metrics.dead_lettered.labels(table="trades", op="?")._value.get() == 1
@@ -331,8 +335,7 @@ def test_poison_from_mapping_and_from_binding_are_dead_lettered_too() -> None:
     assert [p["headers"]["original_offset"] for p in producer.sent] == [b"0", b"1"]
     assert producer.sent[0]["headers"]["error_reason"] == b"missing_value"
     assert producer.sent[1]["headers"]["error_reason"] == b"bad_value"
-    sink.complete_all()
-    member._apply_completions()
+    acknowledge(member, sink)
     assert member.tracker.to_commit() == {TopicPartition(TOPIC, 0): 3}
 
 
@@ -344,8 +347,7 @@ def test_a_record_with_an_unbindable_write_is_dead_lettered_once_and_none_of_its
     poll(member, 0, [b"u:twice-unbindable", b"c:ok"])
     assert [p["headers"]["original_offset"] for p in producer.sent] == [b"0"]
     assert [o.offset for r in sink.sent for o in r.origins] == [1]
-    sink.complete_all()
-    member._apply_completions()
+    acknowledge(member, sink)
     assert member.tracker.to_commit() == {TopicPartition(TOPIC, 0): 2}
 
 
@@ -355,8 +357,7 @@ def test_offsets_seen_again_after_kafka_moves_back_are_not_applied_twice() -> No
     poll(member, 0, [b"c:a", b"c:b", b"c:c"], start=10)
     poll(member, 0, [b"c:b", b"c:c", b"c:d"], start=11)   # a reset to an earlier offset
     assert [o.offset for r in sink.sent for o in r.origins] == [10, 11, 12, 13]
-    sink.complete_all()
-    member._apply_completions()
+    acknowledge(member, sink)
     assert member.tracker.to_commit() == {TopicPartition(TOPIC, 0): 14}
 
 
@@ -364,8 +365,7 @@ def test_lag_gauges_move_while_nothing_is_committed() -> None:
     member, sink, consumer, _ = make_member()
     assign(member, consumer, 0)
     poll(member, 0, [b"c:a"], start=10)
-    sink.complete_all()
-    member._apply_completions()
+    acknowledge(member, sink)
     member.tracker.mark_committed(member.tracker.to_commit())
     member._lag_at = 0.0   # the last update is LAG_EVERY ago
     member._maybe_update_lag()
@@ -394,8 +394,7 @@ def test_transient_failure_pauses_and_keeps_the_write() -> None:
     sink.sent.clear()
 
     def ok_after_retry(timeout: float) -> bool:
-        sink.complete_all()
-        member._apply_completions()
+        acknowledge(member, sink)
         return True
 
     member._wait_in_flight = ok_after_retry  # type: ignore[method-assign]
@@ -425,8 +424,7 @@ def test_revocation_commits_the_prefix_and_drops_the_backlog_of_revoked_partitio
     sink.submit(member.backlog.popleft())
     sink.submit(member.backlog.popleft())
     assert len(member.backlog) == 3
-    sink.complete_all()
-    member._apply_completions()
+    acknowledge(member, sink)
     offsets = member.revoked_offsets([KTP(TOPIC, 0)])
     assert offsets == {TopicPartition(TOPIC, 0): 2}
     assert [o.state.tp for r in member.backlog for o in r.origins] == [(TOPIC, 1), (TOPIC, 1)]
@@ -437,8 +435,7 @@ def test_lost_partitions_are_not_committed() -> None:
     member, sink, consumer, _ = make_member()
     assign(member, consumer, 0)
     poll(member, 0, [b"c:a"])
-    sink.complete_all()
-    member._apply_completions()
+    acknowledge(member, sink)
     assert member.revoked_offsets([KTP(TOPIC, 0)], lost=True) == {}
 
 
@@ -446,13 +443,11 @@ def test_commit_every_and_interval() -> None:
     member, sink, consumer, _ = make_member(commit_every=3, commit_interval_ms=600_000)
     assign(member, consumer, 0)
     poll(member, 0, [b"c:a", b"c:b"])
-    sink.complete_all()
-    member._apply_completions()
+    acknowledge(member, sink)
     member._maybe_commit()
     assert consumer.commits == []  # 2 < commit_every, interval far away
     poll(member, 0, [b"c:c"], start=2)
-    sink.complete_all()
-    member._apply_completions()
+    acknowledge(member, sink)
     member._maybe_commit()
     assert consumer.commits == [{(TOPIC, 0): 3}]
     member2, sink2, consumer2, _ = make_member(commit_every=1000, commit_interval_ms=10)
@@ -569,8 +564,7 @@ def test_a_poison_too_large_for_the_dead_letter_topic_is_dead_lettered_as_an_exc
     import hashlib
 
     assert h["original_value_sha256"] == hashlib.sha256(big).hexdigest().encode()
-    sink.complete_all()
-    member._apply_completions()
+    acknowledge(member, sink)
     assert member.tracker.to_commit() == {TopicPartition(TOPIC, 0): 2}
 
 
