@@ -40,12 +40,12 @@ def run_members(config_path: str, workers: int) -> int:
         )
         for i in range(workers)
     ]
-    signals = 0
+    stopping = False   # the members were told to stop (a signal, or one member failed)
     stop_signals = StopSignals()
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        nonlocal signals
-        signals += 1
+        nonlocal stopping
+        stopping = True
         second = stop_signals.is_second()
         log.info("%s: forwarding to %d workers", signal.Signals(signum).name, len(procs))
         for p in procs:
@@ -67,12 +67,12 @@ def run_members(config_path: str, workers: int) -> int:
             p.join(timeout=0.2)
             if not p.is_alive() and p.exitcode not in (0, None) and code == 0:
                 code = p.exitcode if p.exitcode > 0 else 128 - p.exitcode
-                if signals == 0:
+                if not stopping:
                     log.error("%s exited with %s; stopping the other members", p.name, p.exitcode)
                     for other in procs:
                         if other.is_alive() and other.pid is not None:
                             os.kill(other.pid, signal.SIGTERM)
-                    signals = 1
+                    stopping = True
         time.sleep(0.05)
     return code
 

@@ -255,7 +255,7 @@ def _decode(
     pk = table_hints.key
     if op == "t":
         row_key = {}
-    elif op != "d" and table_hints.key_is_primary and pk and after is not None:
+    elif op != "d" and table_hints.key_is_primary and pk and after is not None:   # (always: c, r, u)
         # The record key repeats the primary key columns of `after`: take them from there, unparsed.
         row_key = {c: after.get(c) for c in pk}
         if None in row_key.values():
@@ -266,7 +266,7 @@ def _decode(
         else:
             source_row = after if after is not None else before
             assert source_row is not None
-            row_key = {c: source_row[c] for c in table_hints.key if c in source_row}
+            row_key = {c: source_row[c] for c in pk if c in source_row}
 
     return Change(
         topic=topic,
@@ -480,7 +480,8 @@ def _variable_decimal(v: Any, fs: dict[str, Any] | None, where: str) -> Decimal:
     return _unscaled(unscaled, scale, where)
 
 
-_EXACT: Final = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+# Unbounded precision and exponent: Decimal arithmetic under it is exact (consumer.encode uses it too).
+EXACT: Final = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
 
 
 def _unscaled(text: str, scale: int, where: str) -> Decimal:
@@ -492,7 +493,7 @@ def _unscaled(text: str, scale: int, where: str) -> Decimal:
     unscaled = int.from_bytes(raw, "big", signed=True)
     # Exact at any length: scaleb only moves the exponent under this context, and Decimal(int) does not go
     # through int -> str, which Python refuses past 4,300 digits (an unconstrained numeric can be longer).
-    return Decimal(unscaled).scaleb(-scale, _EXACT)
+    return Decimal(unscaled).scaleb(-scale, EXACT)
 
 
 def _b64(text: str, where: str) -> bytes:

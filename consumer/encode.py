@@ -17,11 +17,13 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
-from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
+from decimal import Decimal
 from typing import Any, Final
 
 from cassandra import cqltypes
 from cassandra.query import BoundStatement, PreparedStatement
+
+from consumer.decode import EXACT
 
 __all__ = ["Encoder", "bind", "encoders"]
 
@@ -32,7 +34,6 @@ _INT32: Final = struct.Struct(">i").pack
 _INT8: Final = struct.Struct(">b").pack
 _UINT32: Final = struct.Struct(">I").pack
 _DOUBLE: Final = struct.Struct(">d").pack
-_EXACT: Final = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
 _DATE_CENTER: Final = 2**31      # CQL date: days since the epoch, offset to an unsigned 32-bit value
@@ -61,7 +62,7 @@ def _decimal(v: Any) -> bytes:
     if type(exponent) is not int:
         raise ValueError(f"non-finite decimal {v}")
     # scaleb under an unbounded context only moves the exponent: the unscaled value, exactly.
-    return _INT32(-exponent) + _varint(int(v.scaleb(-exponent, _EXACT)))
+    return _INT32(-exponent) + _varint(int(v.scaleb(-exponent, EXACT)))
 
 
 def _timestamp(v: Any) -> bytes:
@@ -136,7 +137,7 @@ def bind(prepared: PreparedStatement, encode: Sequence[Encoder], values: Sequenc
     out: list[bytes | None] = []
     append = out.append
     try:
-        for fn, v in zip(encode, values, strict=True):
+        for fn, v in zip(encode, values, strict=False):   # lengths checked above
             append(None if v is None else fn(v))
     except Exception as exc:   # TypeError, ValueError, OverflowError, struct.error, UnicodeError, ...
         col = prepared.column_metadata[len(out)]

@@ -128,22 +128,6 @@ class Request(Generic[T]):
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _first_per_origin(
-    rejected: list[tuple[T, WriteLike, Exception]],
-) -> tuple[list[tuple[T, WriteLike, Exception]], set[int]]:
-    """One rejection per origin (by identity; None stands for no origin, each its own), and the ids of
-    the origins whose other writes must not be sent."""
-    seen: set[int] = set()
-    first: list[tuple[T, WriteLike, Exception]] = []
-    for origin, write, exc in rejected:
-        if origin is None:
-            first.append((origin, write, exc))
-        elif id(origin) not in seen:
-            seen.add(id(origin))
-            first.append((origin, write, exc))
-    return first, seen
-
-
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -381,13 +365,16 @@ class CassandraSink(Generic[T]):
         requests: list[Request[T]] = []
         rejected: list[tuple[T, WriteLike, Exception]] = []
         bound_items: list[tuple[WriteLike, BoundStatement, T]] = []
+        failed: set[int] = set()   # ids of the origins rejected (None stands for no origin, each its own)
         for write, origin in items:
             try:
                 bound_items.append((write, self.bind(write), origin))
             except ValueError as exc:
-                rejected.append((origin, write, exc))
-        if rejected:
-            rejected, failed = _first_per_origin(rejected)
+                if origin is None or id(origin) not in failed:
+                    rejected.append((origin, write, exc))
+                    if origin is not None:
+                        failed.add(id(origin))
+        if failed:
             bound_items = [item for item in bound_items if id(item[2]) not in failed]
         groups: dict[tuple[Any, ...], list[tuple[BoundStatement, T]]] = {}
         single = self.batch_max_rows <= 1

@@ -230,15 +230,15 @@ class Producer:
         """One cycle of one endpoint; logs its line; never raises (but for KeyboardInterrupt & co)."""
         report = CycleReport(endpoint)
         started = time.perf_counter()
-        sent_before = self._weight_sent()
+        sent_before = self._client_figure("weight_sent")
         try:
             self._run(endpoint, report)
         except Exception as exc:  # a bug must not kill the producer; the next tick tries again
             log.exception("%s: cycle failed unexpectedly", endpoint)
             report.load_error = report.load_error or f"{type(exc).__name__}: {exc}"
         report.seconds = time.perf_counter() - started
-        report.weight = max(self._weight_sent() - sent_before, 0)
-        report.weight_used = self._weight_used()
+        report.weight = self._client_figure("weight_sent") - sent_before   # only grows
+        report.weight_used = self._client_figure("weight_used")
         level = logging.INFO if report.ok or report.skipped or report.interrupted else logging.WARNING
         log.log(level, "%s", report.line())
         return report
@@ -357,16 +357,11 @@ class Producer:
                       "https://data-api.binance.vision (or https://api.binance.us in the US)",
                       exc, RESTRICTED_PAUSE_SECONDS)
 
-    def _weight_used(self) -> int:
+    def _client_figure(self, name: str) -> int:
+        """The client's weight_used or weight_sent; 0 from a fake client without the figure."""
         try:
-            return int(self.client.weight_used)
-        except Exception:  # a fake client without the figure
-            return 0
-
-    def _weight_sent(self) -> int:
-        try:
-            return int(self.client.weight_sent)
-        except Exception:  # a fake client without the figure
+            return int(getattr(self.client, name))
+        except Exception:
             return 0
 
 
