@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from fake_secrets import PIPELINE_ENV
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +18,7 @@ from pipeline.config import ConfigError, PipelineConfig, load
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((ROOT / "config" / "pipeline.yaml").read_text())
-ENV = {"PRODUCER_PASSWORD": "x", "DEBEZIUM_PASSWORD": "y", "CASSANDRA_PASSWORD": "z"}
+ENV = PIPELINE_ENV
 
 
 def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -272,10 +272,16 @@ def client_for(fake: FakeConnect) -> ConnectClient:
     return ConnectClient("http://connect:8083", session=fake)  # type: ignore[arg-type]
 
 
+def register_on(fake: FakeConnect, project: PipelineConfig, say: Callable[[str], None] = lambda _: None,
+                **kwargs: Any) -> Any:
+    """register() against the fake Connect, without the PostgreSQL preflight."""
+    return register(project, client=client_for(fake), preflight=None, say=say, **kwargs)
+
+
 def test_register_puts_the_config_and_waits_for_running(project: PipelineConfig, fast: None) -> None:
     fake = FakeConnect([None, {"connector": {"state": "RUNNING"}, "tasks": []}, running()])
     lines: list[str] = []
-    state = register(project, client=client_for(fake), preflight=None, say=lines.append)
+    state = register_on(fake, project, say=lines.append)
     assert state.running
     puts = [c for c in fake.calls if c[0] == "PUT" and c[1].endswith("/config")]
     assert puts == [("PUT", "/connectors/binance-postgres/config", connector_config(project))]
@@ -284,7 +290,7 @@ def test_register_puts_the_config_and_waits_for_running(project: PipelineConfig,
 
 def test_register_restarts_a_failed_connector_once(project: PipelineConfig, fast: None) -> None:
     fake = FakeConnect([running(task="FAILED", trace="old"), running()], put_status=200)
-    register(project, client=client_for(fake), preflight=None, say=lambda _: None)
+    register_on(fake, project)
     restart = "/connectors/binance-postgres/restart?includeTasks=true&onlyFailed=true"
     assert ("POST", restart, None) in fake.calls
 
@@ -294,7 +300,7 @@ def test_register_fails_with_the_trace_in_one_line(project: PipelineConfig, fast
              "Caused by: org.postgresql.util.PSQLException: FATAL: password authentication failed for user")
     fake = FakeConnect([running(task="FAILED", trace=trace)])
     with pytest.raises(ConnectorError) as info:
-        register(project, client=client_for(fake), preflight=None, say=lambda _: None)
+        register_on(fake, project)
     message = str(info.value)
     assert "\n" not in message
     assert "FAILED" in message and "password authentication failed" in message
@@ -305,7 +311,7 @@ def test_register_times_out_naming_the_states(project: PipelineConfig, fast: Non
     fake = FakeConnect([running(task="UNASSIGNED")])
     expected = r"not RUNNING after 0\.2s \(connector RUNNING, task 0 UNASSIGNED\)"
     with pytest.raises(ConnectorError, match=expected):
-        register(project, client=client_for(fake), preflight=None, timeout=0.2, say=lambda _: None)
+        register_on(fake, project, timeout=0.2)
 
 
 def test_register_reports_an_invalid_config_in_one_line(project: PipelineConfig, fast: None) -> None:
@@ -314,7 +320,7 @@ def test_register_reports_an_invalid_config_in_one_line(project: PipelineConfig,
                        "Error while validating connector config: Connection refused\n"}
     fake = FakeConnect([None], put_status=400, put_body=body)
     with pytest.raises(ConnectorError) as info:
-        register(project, client=client_for(fake), preflight=None, say=lambda _: None)
+        register_on(fake, project)
     assert "\n" not in str(info.value)
     assert "HTTP 400" in str(info.value) and "Connection refused" in str(info.value)
 
@@ -328,7 +334,7 @@ def test_register_reports_validation_errors_before_storing_anything(
              'for user "debezium"')
     fake = FakeConnect([None], validate_errors={"database.hostname": [error]})
     with pytest.raises(ConnectorError) as info:
-        register(project, client=client_for(fake), preflight=None, say=lambda _: None)
+        register_on(fake, project)
     message = str(info.value)
     assert "\n" not in message
     assert "config rejected: database.hostname: Error while validating connector config: FATAL" in message
@@ -350,7 +356,7 @@ def test_register_refuses_a_worker_without_the_plugin(project: PipelineConfig, f
 
     fake.request = no_plugin  # type: ignore[method-assign]
     with pytest.raises(ConnectorError, match=r"plugin\.path"):
-        register(project, client=client_for(fake), preflight=None, say=lambda _: None)
+        register_on(fake, project)
     assert not any(c[0] == "PUT" for c in fake.calls)
 
 
@@ -360,7 +366,7 @@ def test_a_changed_config_waits_for_the_task_to_run_it(project: PipelineConfig, 
     old = {**connector_config(project), "heartbeat.interval.ms": "1", "name": "binance-postgres"}
     fake = FakeConnect([running()], put_status=200, tasks_before=[old], task_lag=3)
     lines: list[str] = []
-    state = register(project, client=client_for(fake), preflight=None, say=lines.append)
+    state = register_on(fake, project, say=lines.append)
     assert state.running
     assert "config updated" in lines[0]
     first_new = fake.seen.index("tasks new")
@@ -376,14 +382,14 @@ def test_a_stale_running_is_not_taken_for_the_new_task(project: PipelineConfig, 
     old = {**connector_config(project), "snapshot.mode": "never"}
     fake = FakeConnect([running()], put_status=200, tasks_before=[old], task_lag=10**9)
     with pytest.raises(ConnectorError, match="not yet restarted with the new config"):
-        register(project, client=client_for(fake), preflight=None, timeout=0.2, say=lambda _: None)
+        register_on(fake, project, timeout=0.2)
 
 
 def test_an_unchanged_config_needs_no_restart(project: PipelineConfig, fast: None) -> None:
     current = {**connector_config(project), "name": "binance-postgres", "task.class": "T"}
     fake = FakeConnect([running()], put_status=200, tasks_before=[current])
     lines: list[str] = []
-    register(project, client=client_for(fake), preflight=None, say=lines.append)
+    register_on(fake, project, say=lines.append)
     assert "config unchanged" in lines[0]
     assert [s for s in fake.seen if s.startswith("status")] == ["status connector RUNNING, task 0 RUNNING"]
 
@@ -397,7 +403,7 @@ def test_a_task_failing_on_the_new_config_is_reported_once_it_runs_it(
     fake = FakeConnect([running(task="FAILED", trace="new boom")], put_status=200, tasks_before=[old],
                        task_lag=2)
     with pytest.raises(ConnectorError, match=r"FAILED .*new boom"):
-        register(project, client=client_for(fake), preflight=None, timeout=5, say=lambda _: None)
+        register_on(fake, project, timeout=5)
     assert "tasks new" in fake.seen
     assert sum(1 for c in fake.calls if c[0] == "POST" and "/restart" in c[1]) == 1
 

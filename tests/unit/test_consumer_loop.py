@@ -226,10 +226,20 @@ def assign(member: Member, consumer: FakeConsumer, *partitions: int) -> None:
     member.on_assigned(tps)
 
 
-def acknowledge(member: Member, sink: FakeSink) -> None:
-    """Cassandra answers every write sent so far, and the member applies the answers."""
-    sink.complete_all()
+def acknowledge(member: Member, sink: FakeSink, error: BaseException | None = None) -> None:
+    """Cassandra answers every write sent so far (with `error`, if given), and the member applies the
+    answers."""
+    sink.complete_all(error)
     member._apply_completions()
+
+
+def sent_offsets(sink: FakeSink) -> list[int]:
+    """The offsets of the records whose writes were sent, in the order sent."""
+    return [o.offset for r in sink.sent for o in r.origins]
+
+
+def dead_lettered_offsets(producer: FakeProducer) -> list[bytes]:
+    return [p["headers"]["original_offset"] for p in producer.sent]
 
 
 def poll(member: Member, partition: int, values: list[bytes | None], start: int = 0) -> None:
@@ -332,7 +342,7 @@ def test_poison_from_mapping_and_from_binding_are_dead_lettered_too() -> None:
     member, sink, consumer, producer = make_member()
     assign(member, consumer, 0)
     poll(member, 0, [b"c:unmappable", b"c:unbindable", b"c:ok"])
-    assert [p["headers"]["original_offset"] for p in producer.sent] == [b"0", b"1"]
+    assert dead_lettered_offsets(producer) == [b"0", b"1"]
     assert producer.sent[0]["headers"]["error_reason"] == b"missing_value"
     assert producer.sent[1]["headers"]["error_reason"] == b"bad_value"
     acknowledge(member, sink)
@@ -345,8 +355,8 @@ def test_a_record_with_an_unbindable_write_is_dead_lettered_once_and_none_of_its
     member, sink, consumer, producer = make_member()
     assign(member, consumer, 0)
     poll(member, 0, [b"u:twice-unbindable", b"c:ok"])
-    assert [p["headers"]["original_offset"] for p in producer.sent] == [b"0"]
-    assert [o.offset for r in sink.sent for o in r.origins] == [1]
+    assert dead_lettered_offsets(producer) == [b"0"]
+    assert sent_offsets(sink) == [1]
     acknowledge(member, sink)
     assert member.tracker.to_commit() == {TopicPartition(TOPIC, 0): 2}
 
@@ -356,7 +366,7 @@ def test_offsets_seen_again_after_kafka_moves_back_are_not_applied_twice() -> No
     assign(member, consumer, 0)
     poll(member, 0, [b"c:a", b"c:b", b"c:c"], start=10)
     poll(member, 0, [b"c:b", b"c:c", b"c:d"], start=11)   # a reset to an earlier offset
-    assert [o.offset for r in sink.sent for o in r.origins] == [10, 11, 12, 13]
+    assert sent_offsets(sink) == [10, 11, 12, 13]
     acknowledge(member, sink)
     assert member.tracker.to_commit() == {TopicPartition(TOPIC, 0): 14}
 
@@ -408,8 +418,7 @@ def test_permanent_cassandra_error_is_fatal_and_not_committed() -> None:
     member, sink, consumer, _ = make_member()
     assign(member, consumer, 0)
     poll(member, 0, [b"c:a"])
-    sink.complete_all(cassandra.InvalidRequest("unconfigured table"))
-    member._apply_completions()
+    acknowledge(member, sink, cassandra.InvalidRequest("unconfigured table"))
     assert member._fatal is not None
     assert member.tracker.to_commit() == {}
 
@@ -453,8 +462,7 @@ def test_commit_every_and_interval() -> None:
     member2, sink2, consumer2, _ = make_member(commit_every=1000, commit_interval_ms=10)
     assign(member2, consumer2, 0)
     poll(member2, 0, [b"c:a"])
-    sink2.complete_all()
-    member2._apply_completions()
+    acknowledge(member2, sink2)
     member2._last_commit -= 1
     member2._maybe_commit()
     assert consumer2.commits == [{(TOPIC, 0): 1}]
