@@ -10,7 +10,8 @@ import dataclasses
 import os
 import re
 import types
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -18,7 +19,15 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from pipeline.schema import ConfigError, FieldError, Secret, build, join_path, setting, to_plain
-from producer.ratelimit import DEPTH, KLINES, TICKER_24HR, TICKER_PRICE, TRADES, request_weight
+from producer.ratelimit import (
+    DEPTH,
+    DEPTH_LIMITS,
+    KLINES,
+    TICKER_24HR,
+    TICKER_PRICE,
+    TRADES,
+    request_weight,
+)
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -52,6 +61,11 @@ CAPTURED_TABLES = ("latest_prices", "order_book_levels", "trades", "klines", "ti
 
 # --- Binance and the producer -------------------------------------------------------------------
 
+def _duplicates(items: Iterable[str]) -> list[str]:
+    """The items that occur more than once, sorted."""
+    return sorted(item for item, n in Counter(items).items() if n > 1)
+
+
 @dataclass(frozen=True)
 class TickerPriceEndpoint:
     interval_seconds: float = setting(10.0, min=0.1, max=86400)
@@ -77,7 +91,7 @@ class KlinesEndpoint:
 
     def __post_init__(self) -> None:
         # The same interval twice would fetch and load every candle twice a cycle.
-        dupes = sorted({i for i in self.intervals if self.intervals.count(i) > 1})
+        dupes = _duplicates(self.intervals)
         if dupes:
             raise FieldError(("intervals", f"expected each interval once, got {', '.join(dupes)} more than "
                                            f"once in {list(self.intervals)}"))
@@ -112,7 +126,7 @@ class BinanceConfig:
 
     def __post_init__(self) -> None:
         problems: list[tuple[str, str]] = []
-        dupes = sorted({s for s in self.symbols if self.symbols.count(s) > 1})
+        dupes = _duplicates(self.symbols)
         if dupes:
             problems.append(("symbols", f"duplicate symbol {', '.join(dupes)} in {list(self.symbols)}"))
         problems += self._weight_problems()
@@ -125,8 +139,7 @@ class BinanceConfig:
         depth_weight = request_weight(DEPTH, self.endpoints.depth.limit)
         problems = []
         if depth_weight > budget:
-            fitting = max((top for top in (100, 500, 1000, 5000) if request_weight(DEPTH, top) <= budget),
-                          default=None)
+            fitting = max((top for top in DEPTH_LIMITS if request_weight(DEPTH, top) <= budget), default=None)
             expected = f"a limit of at most {fitting}" if fitting else "a larger weight_budget_per_minute"
             problems.append((
                 "endpoints.depth.limit",
@@ -134,8 +147,9 @@ class BinanceConfig:
                 f"weight_budget_per_minute {budget}: expected {expected}, got {self.endpoints.depth.limit}",
             ))
         fixed = {"ticker_price": TICKER_PRICE, "trades": TRADES, "klines": KLINES, "ticker_24hr": TICKER_24HR}
-        heaviest = max(fixed, key=lambda name: request_weight(fixed[name]))
-        need = request_weight(fixed[heaviest])
+        weights = {name: request_weight(endpoint) for name, endpoint in fixed.items()}
+        heaviest = max(weights, key=weights.__getitem__)
+        need = weights[heaviest]
         if need > budget:
             problems.append((
                 "weight_budget_per_minute",
@@ -306,8 +320,7 @@ class PipelineConfig:
     mappings: tuple[MappingConfig, ...] = ()
 
     def __post_init__(self) -> None:
-        tables = [m.table for m in self.mappings]
-        dupes = sorted({t for t in tables if tables.count(t) > 1})
+        dupes = _duplicates(m.table for m in self.mappings)
         if dupes:
             raise ValueError(f"mappings: table mapped more than once: {', '.join(dupes)}")
 

@@ -44,6 +44,7 @@ TICKER_24HR = "/api/v3/ticker/24hr"
 _FIXED_WEIGHTS = {TICKER_PRICE: 2, TRADES: 25, KLINES: 2, TICKER_24HR: 2}
 # Depth costs more the deeper the book asked for: (largest limit of the band, weight), shallowest first.
 _DEPTH_WEIGHTS = ((100, 5), (500, 25), (1000, 50), (5000, 250))
+DEPTH_LIMITS = tuple(top for top, _ in _DEPTH_WEIGHTS)   # the limits at which the weight steps up
 DEPTH_DEFAULT_LIMIT = 100  # what Binance uses when no limit is sent
 
 # When a 429/418 comes without a usable Retry-After: a 429 clears by the next minute at the latest,
