@@ -282,6 +282,7 @@ class Member:
         cluster = getattr(getattr(consumer, "_manager", None), "cluster", None)
         if cluster is not None and isinstance(getattr(cluster, "config", None), dict):
             cluster.config["allow_auto_create_topics"] = False
+        await_whole_joins(consumer, self.cc.session_timeout_ms)
         return consumer
 
     def _subscribe(self) -> None:
@@ -896,6 +897,33 @@ class Member:
         self.sink.close()
         log.info("consumer stopped: %d records consumed, %d events applied, %d dead-lettered",
                  self._records_seen, self._applied_total, self._dead_lettered)
+
+
+def await_whole_joins(consumer: Any, wait_ms: int) -> None:
+    """Make poll() wait up to `wait_ms` for a group join it starts, whatever poll's own timeout.
+
+    kafka-python 3.0 (up to 3.0.12) stops waiting for a JoinGroup/SyncGroup round when poll()'s timeout
+    passes and leaves the round running, to be awaited by the next poll(). When the round ends in between,
+    that next poll() takes the finished round for a stale one: it drops the assignment and sends JoinGroup
+    again; from the group leader, that starts a new rebalance. Seen here with two members polling with
+    1 ms timeouts: one of them never got partitions (tests/integration/test_group_join.py, 3 failures in
+    3 runs without this), or two consumer processes rebalanced every 0.2 s for a minute; and with this
+    loop's 200 ms, a bench drain left one member without partitions until the broker expired it 45 s
+    later. Joins shorter than `wait_ms` now end inside the poll() that started them; a longer one (a member
+    slow to rejoin) falls back to the library's behaviour. Meanwhile poll() blocks: a stop signal is acted
+    on when the join ends.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not hasattr(coordinator, "ensure_active_group"):
+        log.warning("kafka-python without KafkaConsumer._coordinator.ensure_active_group: group joins "
+                    "keep poll()'s timeout")
+        return
+    ensure = coordinator.ensure_active_group
+
+    def ensure_active_group(timeout_ms: float | None = None) -> bool:
+        return bool(ensure(timeout_ms=None if timeout_ms is None else max(timeout_ms, wait_ms)))
+
+    coordinator.ensure_active_group = ensure_active_group
 
 
 class _ClosedTransportNoise(logging.Filter):

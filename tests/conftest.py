@@ -158,6 +158,13 @@ def postgres(services: _Stack, pipeline_config: PipelineConfig) -> PipelineConfi
 
 
 @pytest.fixture(scope="session")
+def kafka(services: _Stack, pipeline_config: PipelineConfig) -> PipelineConfig:
+    """The Kafka broker up; returns the config pointing at it."""
+    services.ensure("kafka")
+    return pipeline_config
+
+
+@pytest.fixture(scope="session")
 def stack(services: _Stack, pipeline_config: PipelineConfig) -> PipelineConfig:
     """The whole stack: PostgreSQL, Kafka, Connect with the connector RUNNING, Cassandra with its schema."""
     services.ensure("postgres", "kafka", "connect", "cassandra")

@@ -17,13 +17,14 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import cassandra
 import pytest
 from kafka.structs import TopicPartition as KTP
 
-from consumer.app import Member, Origin, topics_for
+from consumer.app import Member, Origin, await_whole_joins, topics_for
 from consumer.errors import PoisonMessageError
 from consumer.offsets import TopicPartition
 from consumer.sink import CassandraSink, Request
@@ -621,3 +622,25 @@ def test_kafka_pythons_closed_transport_traceback_is_dropped_and_nothing_else(
                     ("<KafkaTCPTransport [none] (connected)", "AttributeError"),
                     ("<KafkaTCPTransport [none] (closed)", None)]
     assert logging.getLogger("kafka").level == logging.WARNING
+
+
+def test_await_whole_joins_lengthens_only_the_wait_for_a_join(caplog: pytest.LogCaptureFixture) -> None:
+    """poll(200 ms) must not give up on a JoinGroup round (see consumer.app.await_whole_joins; the
+    behaviour against a real broker is tests/integration/test_group_join.py)."""
+    asked: list[float | None] = []
+
+    class Coordinator:
+        def ensure_active_group(self, timeout_ms: float | None = None) -> bool:
+            asked.append(timeout_ms)
+            return True
+
+    consumer = SimpleNamespace(_coordinator=Coordinator())
+    await_whole_joins(consumer, 45_000)
+    assert consumer._coordinator.ensure_active_group(timeout_ms=200) is True
+    consumer._coordinator.ensure_active_group(timeout_ms=60_000)
+    consumer._coordinator.ensure_active_group()
+    assert asked == [45_000, 60_000, None]
+
+    with caplog.at_level(logging.WARNING, logger="consumer"):
+        await_whole_joins(SimpleNamespace(), 45_000)   # another client library: said, not fatal
+    assert "group joins keep poll()'s timeout" in caplog.text
