@@ -23,7 +23,7 @@ import psycopg2
 import pytest
 from hypothesis import settings
 
-from pipeline.config import PipelineConfig, load
+from pipeline.config import CassandraConfig, PipelineConfig, load
 
 # No per-example time limit for property tests: these machines are noisy, and no test here is timed.
 settings.register_profile("untimed", deadline=None)
@@ -162,6 +162,18 @@ def kafka(services: _Stack, pipeline_config: PipelineConfig) -> PipelineConfig:
     """The Kafka broker up; returns the config pointing at it."""
     services.ensure("kafka")
     return pipeline_config
+
+
+@pytest.fixture(scope="session")
+def cassandra(services: _Stack, pipeline_config: PipelineConfig) -> PipelineConfig:
+    """Cassandra up, with infra/cassandra-init.cql applied; returns the config pointing at it."""
+    services.ensure("cassandra")
+    return pipeline_config
+
+
+@pytest.fixture(scope="session")
+def cassandra_config(cassandra: PipelineConfig) -> CassandraConfig:
+    return cassandra.cassandra
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from fake_secrets import fake_secret
 
 from consumer.errors import PermanentError
 from consumer.sink import CassandraSink
-from pipeline.config import CassandraConfig, PipelineConfig
+from pipeline.config import CassandraConfig
 from pipeline.schema import Secret
 
 WRONG = fake_secret("wrong")
@@ -25,14 +25,6 @@ WRONG = fake_secret("wrong")
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def cassandra_config(services: Any, pipeline_config: PipelineConfig) -> CassandraConfig:
-    services.ensure("cassandra")
-    c = pipeline_config.cassandra
-    assert c.username and c.password and c.password.reveal(), "config/pipeline.yaml sets the Cassandra login"
-    return c
 
 
 def _login(c: CassandraConfig, credentials: tuple[str, str] | None) -> str:
@@ -48,7 +40,7 @@ def _login(c: CassandraConfig, credentials: tuple[str, str] | None) -> str:
 
 def test_the_pipelines_role_logs_in_with_the_configured_password(cassandra_config: CassandraConfig) -> None:
     c = cassandra_config
-    assert c.username and c.password
+    assert c.username and c.password and c.password.reveal(), "config/pipeline.yaml sets the Cassandra login"
     assert _login(c, (c.username, c.password.reveal())) == c.username
     sink: CassandraSink[Any] = CassandraSink(c)
     sink.connect()

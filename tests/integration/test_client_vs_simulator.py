@@ -7,7 +7,6 @@ seconds of wall time.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 import requests
+from fake_clock import FakeClock
 
 from pipeline.config import BinanceConfig
 from producer.binance import BinanceClient
@@ -23,21 +23,7 @@ from producer.ratelimit import RateLimiter
 from producer.simulator import SimulatorServer, start_simulator
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
-
-
-class FakeClock:
-    """Epoch seconds that move only when someone sleeps on them (or the test moves them)."""
-
-    def __init__(self, start: float = 1_767_225_610.0) -> None:  # 2026-01-01 00:00:10 UTC
-        self.now = start
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
+EPOCH = 1_767_225_610.0   # 2026-01-01 00:00:10 UTC: the fake clock's start, an epoch second
 
 
 def config(base_url: str, **overrides: Any) -> BinanceConfig:
@@ -158,7 +144,7 @@ def test_no_request_reaches_the_host_during_a_ban(sim: SimulatorServer, client: 
 
 
 def test_weight_budget_is_never_exceeded_over_a_burst_of_cycles() -> None:
-    clock = FakeClock()
+    clock = FakeClock(EPOCH)
     server, url = start_simulator(port=0, seed=22, clock=clock)
     budget = 60
     try:
@@ -182,7 +168,7 @@ def test_weight_budget_is_never_exceeded_over_a_burst_of_cycles() -> None:
 
 
 def test_the_server_s_higher_weight_figure_makes_the_client_wait() -> None:
-    clock = FakeClock()
+    clock = FakeClock(EPOCH)
     server, url = start_simulator(port=0, seed=23, clock=clock)
     try:
         assert requests.post(url + "/_sim/weight", json={"add": 50}, timeout=5).status_code == 200
@@ -199,7 +185,7 @@ def test_the_server_s_higher_weight_figure_makes_the_client_wait() -> None:
 
 
 def test_a_client_over_the_server_limit_gets_one_429_and_no_418() -> None:
-    clock = FakeClock()
+    clock = FakeClock(EPOCH)
     server, url = start_simulator(port=0, seed=24, clock=clock, weight_limit=50)
     try:
         limiter = RateLimiter(1000, clock=clock, sleep=clock.sleep)  # more generous than the server

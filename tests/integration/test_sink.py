@@ -15,7 +15,7 @@ from cassandra.query import BatchStatement
 
 from consumer.errors import PermanentError, TransientError
 from consumer.sink import CassandraSink, Request
-from pipeline.config import CassandraConfig, PipelineConfig
+from pipeline.config import CassandraConfig
 
 pytestmark = pytest.mark.integration
 
@@ -33,12 +33,6 @@ class W:
     values: Mapping[str, Any]
     timestamp_us: int
     ttl: int | None = None
-
-
-@pytest.fixture(scope="module")
-def cassandra_config(services: Any, pipeline_config: PipelineConfig) -> CassandraConfig:
-    services.ensure("cassandra")
-    return pipeline_config.cassandra
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PROBE = ROOT / "infra" / "native" / "probe.py"
 
 
-@pytest.fixture(scope="module")
-def cassandra(services: object, pipeline_config: PipelineConfig) -> PipelineConfig:
-    services.ensure("cassandra")  # type: ignore[attr-defined]
-    return pipeline_config
-
-
 def probe(config: PipelineConfig, **env: str) -> subprocess.CompletedProcess[str]:
     c = config.cassandra
     return subprocess.run(

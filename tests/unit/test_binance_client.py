@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import requests
+from fake_clock import FakeClock
 
 from pipeline.config import BinanceConfig
 from producer.binance import BinanceClient
@@ -153,16 +154,6 @@ def test_an_unknown_symbol_names_itself(sim: SimulatorServer, client: BinanceCli
         client.trades("NOSUCHCOIN", 10)
     assert caught.value.code == -1121 and caught.value.symbol == "NOSUCHCOIN"
     assert "NOSUCHCOIN" in str(caught.value) and "/api/v3/trades" in str(caught.value)
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.parametrize("status", [429, 418])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import functools
 import json
-import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Context, Decimal
@@ -22,6 +21,7 @@ import pytest
 from fake_secrets import PIPELINE_ENV
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from init_db_sql import INIT_DB_SQL, parse_pg
 
 from consumer.decode import (
     UNAVAILABLE_VALUE,
@@ -951,16 +951,7 @@ def test_captured_type_sample() -> None:
 
 def pg_primary_keys() -> dict[str, tuple[str, ...]]:
     """The primary keys infra/init-db.sql declares, as the consumer reads them from PostgreSQL."""
-    sql = (ROOT / "infra" / "init-db.sql").read_text()
-    out: dict[str, tuple[str, ...]] = {}
-    for name, body in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\);", sql, flags=re.S):
-        composite = re.search(r"PRIMARY KEY \(([^)]*)\)", body)
-        single = re.search(r"^\s*(\w+)\s[^,\n]*\bPRIMARY KEY\b", body, flags=re.M)
-        if composite:
-            out[name] = tuple(c.strip() for c in composite.group(1).split(","))
-        elif single:
-            out[name] = (single.group(1),)
-    return out
+    return {name: table.primary_key for name, table in parse_pg(INIT_DB_SQL.read_text()).items()}
 
 
 def primary_hints(base: DecodeHints, pks: dict[str, tuple[str, ...]]) -> DecodeHints:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from fake_secrets import PIPELINE_ENV
+from init_db_sql import INIT_DB_SQL, parse_pg
 
 from consumer.decode import Change, decode
 from consumer.errors import PoisonMessageError
@@ -40,45 +41,7 @@ ENV = PIPELINE_ENV
 CQL = parse_cql((ROOT / "infra" / "cassandra-init.cql").read_text())
 
 
-def parse_pg(text: str) -> dict[str, PgTable]:
-    """The CREATE TABLEs and REPLICA IDENTITY settings of infra/init-db.sql (enough of SQL for that file)."""
-    text = re.sub(r"--[^\n]*", "", text)
-    full = set(re.findall(r"ALTER\s+TABLE\s+(\w+)\s+REPLICA\s+IDENTITY\s+FULL", text, flags=re.I))
-    tables = {}
-    for m in re.finditer(
-        r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)\s*\((.*?)\);", text, flags=re.I | re.S
-    ):
-        name, body = m.group(1), m.group(2)
-        columns: dict[str, str] = {}
-        pk: tuple[str, ...] = ()
-        for item in _split(body):
-            if item.upper().startswith("PRIMARY KEY"):
-                pk = tuple(c.strip() for c in item[item.index("(") + 1 : item.rindex(")")].split(","))
-                continue
-            col, rest = item.split(None, 1)
-            type_text = re.split(
-                r"\s+(?:NOT|NULL|PRIMARY|CHECK|DEFAULT|UNIQUE|REFERENCES)\b", rest, maxsplit=1
-            )[0]
-            columns[col] = type_text.strip()
-            if re.search(r"\bPRIMARY\s+KEY\b", rest, flags=re.I):
-                pk = (col,)
-        tables[name] = PgTable(name, columns, pk, "full" if name in full else "default")
-    return tables
-
-
-def _split(body: str) -> list[str]:
-    items, depth, start = [], 0, 0
-    for i, ch in enumerate(body):
-        depth += ch == "("
-        depth -= ch == ")"
-        if ch == "," and depth == 0:
-            items.append(body[start:i].strip())
-            start = i + 1
-    items.append(body[start:].strip())
-    return [s for s in items if s]
-
-
-PG = parse_pg((ROOT / "infra" / "init-db.sql").read_text())
+PG = parse_pg(INIT_DB_SQL.read_text())
 
 
 def project_config() -> PipelineConfig:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from fake_clock import FakeClock
 
 from pipeline.config import PipelineConfig
 from producer.app import ENDPOINTS, RESTRICTED_PAUSE_SECONDS, Producer
@@ -33,14 +34,6 @@ class Loads:
         return LoadResult(table, rows=len(rows), inserted=len(rows))
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def sim() -> Iterator[SimulatorServer]:
     server, _ = start_simulator(port=0, seed=2, symbols=SYMBOLS, clock=NOW.timestamp)
@@ -49,12 +42,12 @@ def sim() -> Iterator[SimulatorServer]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(100.0)
 
 
 @pytest.fixture
-def producer(sim: SimulatorServer, clock: Clock) -> Iterator[Producer]:
+def producer(sim: SimulatorServer, clock: FakeClock) -> Iterator[Producer]:
     base = PipelineConfig()
     config = dataclasses.replace(base, binance=dataclasses.replace(
         base.binance, base_url=sim.base_url, symbols=SYMBOLS, max_attempts=1))
@@ -85,7 +78,7 @@ def test_a_retried_request_counts_in_the_cycle_s_weight(sim: SimulatorServer, pr
 
 
 def test_a_451_is_logged_once_per_pause_and_pauses_every_endpoint(
-    sim: SimulatorServer, producer: Producer, clock: Clock, caplog: pytest.LogCaptureFixture
+    sim: SimulatorServer, producer: Producer, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     sim.sim.add_faults([Fault.parse({"mode": "451", "count": -1})])
     caplog.set_level(logging.INFO, logger="producer")
@@ -112,7 +105,7 @@ def test_a_451_is_logged_once_per_pause_and_pauses_every_endpoint(
 
 
 def test_a_451_on_one_endpoint_does_not_stop_the_others_for_good(
-    sim: SimulatorServer, producer: Producer, clock: Clock
+    sim: SimulatorServer, producer: Producer, clock: FakeClock
 ) -> None:
     sim.sim.add_faults([Fault.parse({"mode": "451", "endpoint": "/api/v3/depth"})])
     assert [r.endpoint for r in producer.run_once() if r.ok] == ["ticker_price"]

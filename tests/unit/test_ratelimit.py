@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from fake_clock import FakeClock
 
 from producer.ratelimit import (
     DEPTH,
@@ -20,23 +21,15 @@ from producer.ratelimit import (
 )
 
 
-class FakeClock:
-    """A clock that only moves when something sleeps on it."""
-
-    def __init__(self, start: float = 1_000.0) -> None:
-        self.now = start
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
+class LimiterClock(FakeClock):
+    """The shared fake clock, and the limiter never asks it to sleep for no time at all."""
 
     def sleep(self, seconds: float) -> None:
         assert seconds > 0, "the limiter asked to sleep for no time at all"
-        self.slept.append(seconds)
-        self.now += seconds
+        super().sleep(seconds)
 
 
-def make_limiter(budget: int, clock: FakeClock) -> RateLimiter:
+def make_limiter(budget: int, clock: LimiterClock) -> RateLimiter:
     return RateLimiter(budget, clock=clock, sleep=clock.sleep)
 
 
@@ -74,7 +67,7 @@ def test_weight_table_refuses_what_it_does_not_know(endpoint: str, limit: int | 
 # --- the budget ---------------------------------------------------------------------------------
 
 def test_under_budget_nothing_waits() -> None:
-    clock = FakeClock()
+    clock = LimiterClock()
     limiter = make_limiter(100, clock)
     for _ in range(4):
         assert limiter.acquire(25) == 0.0
@@ -83,7 +76,7 @@ def test_under_budget_nothing_waits() -> None:
 
 
 def test_waits_until_the_oldest_weight_ages_out() -> None:
-    clock = FakeClock()
+    clock = LimiterClock()
     limiter = make_limiter(10, clock)
     limiter.acquire(6)
     clock.now += 10
@@ -93,7 +86,7 @@ def test_waits_until_the_oldest_weight_ages_out() -> None:
 
 
 def test_a_burst_never_exceeds_the_budget_in_any_minute() -> None:
-    clock = FakeClock()
+    clock = LimiterClock()
     limiter = make_limiter(100, clock)
     granted: list[tuple[float, int]] = []
     cycle = [request_weight(TICKER_PRICE), request_weight(DEPTH, 20), request_weight(TRADES),
@@ -115,7 +108,7 @@ def test_a_burst_never_exceeds_the_budget_in_any_minute() -> None:
 
 
 def test_a_higher_server_figure_is_trusted() -> None:
-    clock = FakeClock()
+    clock = LimiterClock()
     limiter = make_limiter(100, clock)
     limiter.acquire(5)
     limiter.observe_server_weight(95)  # other clients on our IP used 90
@@ -124,7 +117,7 @@ def test_a_higher_server_figure_is_trusted() -> None:
 
 
 def test_a_lower_server_figure_is_ignored() -> None:
-    clock = FakeClock()
+    clock = LimiterClock()
     limiter = make_limiter(100, clock)
     limiter.acquire(50)
     limiter.observe_server_weight(10)  # the server's minute rolled over before ours: keep our count
@@ -132,7 +125,7 @@ def test_a_lower_server_figure_is_ignored() -> None:
 
 
 def test_weight_used_drops_after_a_minute() -> None:
-    clock = FakeClock()
+    clock = LimiterClock()
     limiter = make_limiter(100, clock)
     limiter.acquire(30)
     limiter.observe_server_weight(70)
@@ -143,7 +136,7 @@ def test_weight_used_drops_after_a_minute() -> None:
 
 
 def test_a_request_heavier_than_the_budget_is_refused() -> None:
-    limiter = make_limiter(100, FakeClock())
+    limiter = make_limiter(100, LimiterClock())
     with pytest.raises(ValueError, match="exceeds the budget"):
         limiter.acquire(250)
 
@@ -208,7 +201,7 @@ def test_pause_without_headers_uses_safe_defaults() -> None:
 
 
 def test_ban_lasts_until_its_end_and_is_never_shortened() -> None:
-    clock = FakeClock()
+    clock = LimiterClock()
     limiter = make_limiter(100, clock)
     assert limiter.active_ban() is None
     first = limiter.ban(418, 120.0, "banned")
