@@ -172,7 +172,9 @@ def check_connect(config: PipelineConfig, timeout: float) -> list[Check]:
     more = [trace_summary(state.trace)] if state.failed else []
     healthy = state.running
     try:
-        problem = offsets_ahead(client.stored_lsn(d.connector_name), current_wal_lsn(config))
+        stored = client.stored_lsn(d.connector_name)
+        # No stored offsets (a new connector): nothing to compare, so no PostgreSQL connection either.
+        problem = None if stored is None else offsets_ahead(stored, current_wal_lsn(config))
     except Exception as exc:  # PostgreSQL down: its own line says so
         problem = None
         more.append(f"offsets not compared with the WAL: {_reason(exc)}")

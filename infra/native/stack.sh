@@ -7,6 +7,7 @@
 #
 # Usage: stack.sh up|down|status|wipe [service...]
 #        stack.sh logs [-f] [service...]
+#        stack.sh java-major JAVA    (the major version of that java binary: 17, 11, ...)
 # Runtime state (data, logs, pids, rendered configs) lives in $STACK_DIR
 # (default <repo>/.stack); jars in infra/native/lib, fetched by Maven.
 set -Eeuo pipefail
@@ -175,12 +176,9 @@ ready() {
     postgres) pg_isready -q -h 127.0.0.1 -p "$PG_PORT" ;;
     kafka) "$PYTHON" "$NATIVE_DIR/probe.py" kafka 127.0.0.1:9092 ;;
     connect) "$PYTHON" "$NATIVE_DIR/probe.py" connect 127.0.0.1:8083 ;;
-    # A login (CASSANDRA_USER/CASSANDRA_PASSWORD, else the default cassandra/cassandra of a new node)
-    # and a query: with PasswordAuthenticator the node asks for a login before it can serve one.
-    cassandra)
-      load_passwords
-      "$PYTHON" "$NATIVE_DIR/probe.py" cql 127.0.0.1:9042
-      ;;
+    # A login (CASSANDRA_USER/CASSANDRA_PASSWORD, loaded by the caller, else the default cassandra/cassandra
+    # of a new node) and a query: with PasswordAuthenticator the node asks for a login before it can serve one.
+    cassandra) "$PYTHON" "$NATIVE_DIR/probe.py" cql 127.0.0.1:9042 ;;
   esac
 }
 
@@ -190,6 +188,8 @@ running() {
 
 wait_ready() {
   local svc=$1 deadline=$((SECONDS + READY_TIMEOUT)) said
+  # Once, here: ready() runs in a subshell, where what load_passwords exports would not outlive one poll.
+  load_passwords
   until said=$(ready "$svc" 2>&1); do
     running "$svc" || fail "$svc" "exited during startup"
     ((SECONDS < deadline)) || fail "$svc" "not ready after ${READY_TIMEOUT}s${said:+ (last check: ${said//$'\n'/ })}"
@@ -500,6 +500,7 @@ cmd_status() {
   select_services "$@"
   sel=$SEL
   pg_version
+  load_passwords
   for svc in $sel; do
     pid=""
     [[ $svc != postgres ]] && pid=$(svc_pid "$svc" || true)
@@ -570,6 +571,7 @@ main() {
   [[ $# -gt 0 ]] && shift
   case $cmd in
     up | down | logs | wipe) "cmd_$cmd" "$@" ;;
+    java-major) java_major "${1:?stack.sh java-major needs the path of a java binary}" ;;
     # Exit 1 when a service is not up, without the ERR trap's message.
     status) cmd_status "$@" || exit 1 ;;
     *)
