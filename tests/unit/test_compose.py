@@ -533,6 +533,22 @@ def test_cassandra_authentication_is_set_the_same_way_in_both_stacks(
     assert 'os.environ.get("CASSANDRA_USER") or "binance"' in (NATIVE / "apply_cql.py").read_text()
 
 
+def test_the_env_generator_fills_empty_and_missing_passwords_and_keeps_set_ones(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    kept = STACK_ENV["PRODUCER_PASSWORD"]
+    example = (ROOT / ".env.example").read_text()
+    env.write_text(re.sub(r"^PRODUCER_PASSWORD=$", f"PRODUCER_PASSWORD={kept}", example, flags=re.M)
+                   .replace("CASSANDRA_PASSWORD=\n", ""))
+    subprocess.run(["bash", str(INFRA / "ensure-env.sh"), str(env)], check=True, capture_output=True)
+    values = dict(re.findall(r"^([A-Z_]+)=(.*)$", env.read_text(), re.M))
+    assert values["PRODUCER_PASSWORD"] == kept
+    generated = [values[n] for n in ("POSTGRES_PASSWORD", "DEBEZIUM_PASSWORD", "CASSANDRA_PASSWORD")]
+    assert all(len(v) >= 20 for v in generated) and len(set(generated)) == 3
+    before = env.read_text()
+    subprocess.run(["bash", str(INFRA / "ensure-env.sh"), str(env)], check=True, capture_output=True)
+    assert env.read_text() == before   # a second run changes nothing
+
+
 def test_env_example_and_the_env_generator_name_the_same_passwords() -> None:
     generated = re.search(r"for name in ([A-Z_ ]+); do", (INFRA / "ensure-env.sh").read_text())
     assert generated

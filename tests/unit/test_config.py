@@ -122,8 +122,9 @@ def test_text_settings_refuse_what_yaml_read_as_a_number(tmp_path: Path, yaml_va
 
 
 def test_quoted_numbers_and_lists_of_strings_stay_strings(tmp_path: Path) -> None:
-    config = load(write(tmp_path, "postgres:\n  password: '0123'\n  user: \"12_34\"\n"), ENV)
-    assert (config.postgres.password.reveal(), config.postgres.user) == ("0123", "12_34")
+    digits = f"0{secrets.randbelow(10**9)}"   # leading zero: YAML 1.1 would read it unquoted as octal
+    config = load(write(tmp_path, f"postgres:\n  password: '{digits}'\n  user: \"12_34\"\n"), ENV)
+    assert (config.postgres.password.reveal(), config.postgres.user) == (digits, "12_34")
     found = problems(tmp_path, "kafka:\n  bootstrap_servers: [1234]\ncassandra:\n  contact_points: {a: 1}\n")
     assert "kafka.bootstrap_servers[0]: expected a string (quote it), got 1234" in found
     assert "cassandra.contact_points: expected a list, got a mapping" in found
