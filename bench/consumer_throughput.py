@@ -61,7 +61,7 @@ from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 from kafka.admin import KafkaAdminClient  # noqa: E402
 from kafka.structs import TopicPartition  # noqa: E402
 
-from consumer.app import load_mappings  # noqa: E402
+from consumer.app import fetch_settings, load_mappings  # noqa: E402
 from consumer.decode import decode  # noqa: E402
 from consumer.sink import CassandraSink  # noqa: E402
 from pipeline.cli import add_config_argument, load_or_exit, run  # noqa: E402
@@ -392,12 +392,10 @@ def kafka_only(config: PipelineConfig, prefix: str, records: int) -> tuple[float
     """Seconds (wall, and CPU of this process) per record that kafka-python takes to hand over `records`
     preloaded records, with the consumer's fetch settings, touching what the consumer reads of each;
     nothing decoded or written. Timed from the first poll that returned records (not counted)."""
-    cc = config.consumer
     consumer = KafkaConsumer(
         *(f"{prefix}.public.{t}" for t in TABLES), bootstrap_servers=list(config.kafka.bootstrap_servers),
         group_id=f"{prefix}-kafka-only", enable_auto_commit=False, auto_offset_reset="earliest",
-        max_poll_records=cc.max_poll_records, fetch_max_wait_ms=100,
-        max_partition_fetch_bytes=4 * 1024 * 1024)
+        **fetch_settings(config.consumer))
     try:
         seen, timed, first, cpu = 0, 0, 0.0, 0.0
         deadline = time.monotonic() + 600

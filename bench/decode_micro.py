@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import secrets
 import sys
 import time
 from pathlib import Path
@@ -25,10 +24,10 @@ sys.path.insert(0, str(ROOT))
 from consumer import decode as decode_module  # noqa: E402
 from consumer.decode import DecodeHints, decode  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tests"))
+from fake_secrets import PIPELINE_ENV  # type: ignore[import-not-found]  # noqa: E402
+
 FIXTURES = ROOT / "tests" / "fixtures" / "debezium"
-# The config needs its ${...} variables set; this bench connects to nothing, so any value does.
-PLACEHOLDERS = {name: secrets.token_hex(8) for name in ("PRODUCER_PASSWORD", "DEBEZIUM_PASSWORD",
-                                                       "CASSANDRA_PASSWORD")}
 
 
 def load_records() -> list[tuple[str, int, int, bytes | None, bytes | None]]:
@@ -50,7 +49,8 @@ def pipeline_hints() -> DecodeHints | None:
         from consumer.mapping import build_mappings, parse_cql
         from pipeline.config import load
 
-        config = load(ROOT / "config" / "pipeline.yaml", PLACEHOLDERS)
+        # The config needs its ${...} variables set; this bench connects to nothing, so stand-ins do.
+        config = load(ROOT / "config" / "pipeline.yaml", PIPELINE_ENV)
         cql = parse_cql((ROOT / "infra" / "cassandra-init.cql").read_text())
         hints: Any = build_mappings(config, cql).decode_hints
         return hints  # type: ignore[no-any-return]

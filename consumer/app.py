@@ -63,7 +63,7 @@ from consumer.offsets import OffsetTracker, PartitionState, TopicPartition
 from consumer.sink import CassandraSink, Request, WriteLike, is_transient
 from pipeline.cli import StopSignals
 from pipeline.clients import kafka_client_options
-from pipeline.config import KafkaConfig, MappingConfig, PipelineConfig
+from pipeline.config import ConsumerConfig, KafkaConfig, MappingConfig, PipelineConfig
 from pipeline.schema import ConfigError
 
 log = logging.getLogger("consumer")
@@ -124,6 +124,12 @@ def load_mappings(
 def kafka_client_config(kafka: KafkaConfig) -> dict[str, Any]:
     """bootstrap and security settings shared by the consumer and the dead-letter producer."""
     return {**kafka_client_options(kafka), "reconnect_backoff_ms": 200, "reconnect_backoff_max_ms": 10_000}
+
+
+def fetch_settings(cc: ConsumerConfig) -> dict[str, Any]:
+    """How a member fetches (kafka-python settings); bench/consumer_throughput.py reads with the same."""
+    return {"max_poll_records": cc.max_poll_records, "fetch_max_wait_ms": 100,
+            "max_partition_fetch_bytes": 4 * 1024 * 1024}
 
 
 @dataclass(slots=True, eq=False)
@@ -264,13 +270,11 @@ class Member:
                 client_id=self.client_id,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
-                max_poll_records=self.cc.max_poll_records,
                 session_timeout_ms=self.cc.session_timeout_ms,
                 heartbeat_interval_ms=max(1000, self.cc.session_timeout_ms // 10),
                 allow_auto_create_topics=False,
                 metadata_max_age_ms=15_000,
-                fetch_max_wait_ms=100,
-                max_partition_fetch_bytes=4 * 1024 * 1024,
+                **fetch_settings(self.cc),
                 **kafka_client_config(self.config.kafka),
             )
         except kafka_errors.KafkaError as exc:

@@ -7,14 +7,14 @@ file=${1:-.env}
 umask 077
 touch "$file"
 [[ -s $file && -n $(tail -c1 "$file") ]] && echo >> "$file"   # no last newline: do not glue a line to it
+random_value() { python3 -c 'import secrets; print(secrets.token_urlsafe(18))'; }   # [A-Za-z0-9_-]: safe in sed
 for name in POSTGRES_PASSWORD PRODUCER_PASSWORD DEBEZIUM_PASSWORD CASSANDRA_PASSWORD; do
-  value=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')   # [A-Za-z0-9_-]: safe in sed
   if grep -qE "^[[:space:]]*$name=[[:space:]]*$" "$file"; then
     echo "$file: $name is empty: setting a random value"
-    sed -i -E "s|^[[:space:]]*$name=[[:space:]]*$|$name=$value|" "$file"
+    sed -i -E "s|^[[:space:]]*$name=[[:space:]]*$|$name=$(random_value)|" "$file"
   elif ! grep -qE "^[[:space:]]*$name=" "$file"; then
     echo "$file: adding $name with a random value (see .env.example)"
-    echo "$name=$value" >> "$file"
+    echo "$name=$(random_value)" >> "$file"
   fi
 done
 touch "$file"   # newer than this script: make considers it up to date
